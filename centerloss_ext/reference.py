@@ -1,0 +1,83 @@
+"""The same API in plain PyTorch ops: the oracle of the tests and the "pure-PyTorch
+version" of the benchmarks.
+
+O(B × D) memory and time like the compiled ops: it gathers the B center rows it needs
+(index_select) and scatters per-class sums into the classes present (unique +
+index_add), never forming a B × C distance matrix or a C × D buffer per step.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from . import module as _module
+from ._checks import (acc_dtype, check_alpha, check_inputs, check_label_range, loss_dtype,
+                      reduction_code)
+
+__all__ = ["CenterLoss", "center_loss", "center_loss_and_update_", "update_centers_"]
+
+
+def _check(features, labels, centers) -> None:
+    check_inputs(features, labels, centers)
+    # Reading label values is a graph break under torch.compile; there index_select's
+    # own bounds check stands in.
+    if not torch.compiler.is_compiling():
+        check_label_range(labels, centers.shape[0])
+
+
+def _diff(features, labels, centers) -> torch.Tensor:
+    acc = acc_dtype(features.dtype, centers.dtype)
+    return features.to(acc) - centers.index_select(0, labels).to(acc)
+
+
+def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
+                reduction: str = "mean") -> torch.Tensor:
+    """See :func:`centerloss_ext.center_loss`."""
+    red = reduction_code(reduction)
+    _check(features, labels, centers)
+    per_sample = 0.5 * _diff(features, labels, centers).square().sum(1)
+    out_dtype = loss_dtype(features.dtype)
+    if red == 0:
+        return per_sample.to(out_dtype)
+    total = per_sample.sum()
+    if red == 1:
+        total = total / max(features.shape[0], 1)
+    return total.to(out_dtype)
+
+
+@torch.no_grad()
+def update_centers_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                    alpha: float) -> torch.Tensor:
+    """See :func:`centerloss_ext.update_centers_`."""
+    check_alpha(alpha)
+    _check(features, labels, centers)
+    if features.shape[0] == 0:
+        return centers
+    diff = _diff(features, labels, centers)
+    finite = torch.isfinite(diff).all(1)
+    classes, slot = torch.unique(labels, return_inverse=True)
+    sums = diff.new_zeros(classes.shape[0], diff.shape[1]).index_add_(
+        0, slot, torch.where(finite[:, None], diff, 0))
+    counts = diff.new_zeros(classes.shape[0]).index_add_(0, slot, finite.to(diff.dtype))
+    new = centers.index_select(0, classes).to(diff.dtype) + alpha * sums / (1 + counts)[:, None]
+    centers.index_copy_(0, classes.long(), new.to(centers.dtype))
+    return centers
+
+
+def center_loss_and_update_(features: torch.Tensor, labels: torch.Tensor,
+                            centers: torch.Tensor, alpha: float,
+                            reduction: str = "mean") -> torch.Tensor:
+    """See :func:`centerloss_ext.center_loss_and_update_` (here: two passes)."""
+    if centers.requires_grad:
+        raise ValueError("centers must not require grad when updated by the alpha rule; "
+                         "use center_update='optimizer' to learn them by gradient")
+    loss = center_loss(features, labels, centers, reduction)
+    update_centers_(centers, features.detach(), labels, alpha)
+    return loss
+
+
+class CenterLoss(_module.CenterLoss):
+    """:class:`centerloss_ext.CenterLoss` computed with plain PyTorch ops."""
+
+    _ops = sys.modules[__name__]

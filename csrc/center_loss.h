@@ -1,0 +1,44 @@
+// Shared declarations of the centerloss ops: what every device's kernels see.
+// Schemas live in ops.cpp; kernels in cpu/ and cuda/.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+namespace centerloss {
+
+// Reduction codes are at::Reduction's: 0 none, 1 mean, 2 sum.
+enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
+
+// Throws unless `reduction` is 0, 1 or 2.
+Reduction to_reduction(int64_t reduction);
+
+// Static checks shared by every op and device (SPEC "Bad input"): ranks, dtypes,
+// widths, batch sizes and devices. Reads no tensor data, so costs nothing on CUDA.
+void check_inputs(const at::Tensor& features, const at::Tensor& labels,
+                  const at::Tensor& centers);
+
+// Throws unless alpha is finite and in [0, 1].
+void check_alpha(double alpha);
+
+// Throws IndexError naming the first label outside [0, num_classes).
+// CPU only: reads `n` values from host memory.
+template <typename index_t>
+void check_label_range_host(const index_t* labels, int64_t n, int64_t num_classes);
+
+// The loss dtype: the features' dtype, or float32 for 16-bit features.
+at::ScalarType loss_dtype(at::ScalarType features_dtype);
+
+// The accumulation dtype: float64 if features or centers are float64, else float32.
+at::ScalarType acc_dtype(at::ScalarType features_dtype, at::ScalarType centers_dtype);
+
+// Outputs (loss, diff) allocated for the shapes of the forward ops: loss is 0-dim
+// (mean, sum) or (B,) (none); diff is (B, D) when need_diff, else (0, D).
+std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(
+    const at::Tensor& features, Reduction reduction, bool need_diff);
+
+// Checks the backward ops' inputs: grad_loss matches the reduction, diff is (B, D).
+void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,
+                           Reduction reduction);
+
+}  // namespace centerloss

@@ -1,0 +1,109 @@
+// Input validation shared by the CPU and CUDA kernels. Every message names the
+// argument and says what was expected (SPEC "Bad input").
+#include "center_loss.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace centerloss {
+
+namespace {
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+}  // namespace
+
+Reduction to_reduction(int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2,
+                    "reduction must be 0 (none), 1 (mean) or 2 (sum); got ", reduction);
+  return static_cast<Reduction>(reduction);
+}
+
+void check_inputs(const at::Tensor& features, const at::Tensor& labels,
+                  const at::Tensor& centers) {
+  TORCH_CHECK_TYPE(is_supported_float(features.scalar_type()),
+                   "features must be float16, bfloat16, float32 or float64; got ",
+                   features.scalar_type());
+  TORCH_CHECK_TYPE(is_supported_float(centers.scalar_type()),
+                   "centers must be float16, bfloat16, float32 or float64; got ",
+                   centers.scalar_type());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
+                   "labels must be an integer tensor (int64 or int32) of class indices; got ",
+                   labels.scalar_type());
+  TORCH_CHECK_VALUE(features.dim() == 2,
+                    "features must be 2-D (batch, feature_dim); got shape ", features.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 1,
+                    "labels must be 1-D (batch,); got shape ", labels.sizes());
+  TORCH_CHECK_VALUE(centers.dim() == 2,
+                    "centers must be 2-D (num_classes, feature_dim); got shape ",
+                    centers.sizes());
+  TORCH_CHECK_VALUE(features.size(1) == centers.size(1),
+                    "features must have feature_dim = ", centers.size(1),
+                    " columns (the width of centers); got ", features.size(1));
+  TORCH_CHECK_VALUE(features.size(0) == labels.size(0),
+                    "features and labels must have the same batch size; got ",
+                    features.size(0), " features and ", labels.size(0), " labels");
+  TORCH_CHECK(features.device() == labels.device() && features.device() == centers.device(),
+              "features, labels and centers must be on the same device; got features on ",
+              features.device(), ", labels on ", labels.device(), ", centers on ",
+              centers.device());
+}
+
+void check_alpha(double alpha) {
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha >= 0.0 && alpha <= 1.0,
+                    "alpha must be a finite number in [0, 1]; got ", alpha);
+}
+
+template <typename index_t>
+void check_label_range_host(const index_t* labels, int64_t n, int64_t num_classes) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t y = static_cast<int64_t>(labels[i]);
+    TORCH_CHECK_INDEX(y >= 0 && y < num_classes,
+                      "labels must be in [0, num_classes) = [0, ", num_classes,
+                      "); got labels[", i, "] = ", y);
+  }
+}
+template void check_label_range_host<int32_t>(const int32_t*, int64_t, int64_t);
+template void check_label_range_host<int64_t>(const int64_t*, int64_t, int64_t);
+
+at::ScalarType loss_dtype(at::ScalarType features_dtype) {
+  return at::isReducedFloatingType(features_dtype) ? at::kFloat : features_dtype;
+}
+
+at::ScalarType acc_dtype(at::ScalarType features_dtype, at::ScalarType centers_dtype) {
+  return (features_dtype == at::kDouble || centers_dtype == at::kDouble) ? at::kDouble
+                                                                         : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(
+    const at::Tensor& features, Reduction reduction, bool need_diff) {
+  const int64_t B = features.size(0);
+  const int64_t D = features.size(1);
+  auto loss_opts = features.options().dtype(loss_dtype(features.scalar_type()));
+  at::Tensor loss = reduction == Reduction::None ? at::empty({B}, loss_opts)
+                                                 : at::empty({}, loss_opts);
+  at::Tensor diff = at::empty({need_diff ? B : 0, D}, features.options());
+  return {loss, diff};
+}
+
+void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,
+                           Reduction reduction) {
+  TORCH_CHECK_VALUE(diff.dim() == 2, "diff must be 2-D (batch, feature_dim); got shape ",
+                    diff.sizes());
+  if (reduction == Reduction::None) {
+    TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == diff.size(0),
+                      "grad_loss must have shape (", diff.size(0),
+                      ",) for reduction='none'; got ", grad_loss.sizes());
+  } else {
+    TORCH_CHECK_VALUE(grad_loss.numel() == 1,
+                      "grad_loss must hold one value for reduction='mean' or 'sum'; got shape ",
+                      grad_loss.sizes());
+  }
+  TORCH_CHECK(grad_loss.device() == diff.device(),
+              "grad_loss and diff must be on the same device; got ", grad_loss.device(),
+              " and ", diff.device());
+}
+
+}  // namespace centerloss

@@ -1,0 +1,44 @@
+"""Test helpers: random batches and the float64 oracle."""
+from __future__ import annotations
+
+import torch
+
+from centerloss_ext import reference
+
+# (rtol, atol) by features dtype, for values computed from the same rounded inputs.
+TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (2e-2, 2e-2),
+}
+
+
+def coarser(*dtypes):
+    """The dtype with the loosest tolerance."""
+    return max(dtypes, key=lambda d: TOL[d][0])
+
+
+def make_batch(B: int, D: int, C: int, dtype=torch.float32, centers_dtype=torch.float32,
+               device="cpu", seed: int = 0, label_dtype=torch.int64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, D, generator=g).to(dtype=dtype, device=device)
+    y = torch.randint(0, C, (B,), generator=g).to(dtype=label_dtype, device=device)
+    c = torch.randn(C, D, generator=g).to(dtype=centers_dtype, device=device)
+    return x, y, c
+
+
+def oracle_loss(x, y, c, reduction="mean"):
+    """The loss computed in float64 from the same (possibly 16-bit) inputs."""
+    return reference.center_loss(x.double(), y.long(), c.double(), reduction)
+
+
+def oracle_update(c, x, y, alpha):
+    """The alpha rule computed in float64: the updated centers, in float64."""
+    return reference.update_centers_(c.double().clone(), x.double(), y.long(), alpha)
+
+
+def assert_close(actual, expected, dtype, scale=1.0):
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(),
+                               rtol=rtol, atol=atol * scale)
