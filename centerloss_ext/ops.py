@@ -35,14 +35,15 @@ def _forward_fake(features, labels, centers, reduction, need_diff):
 
 
 @torch.library.register_fake("centerloss::forward_update_")
-def _forward_update_fake(centers, features, labels, reduction, alpha, need_diff):
+def _forward_update_fake(centers, features, labels, reduction, alpha, need_diff,
+                         deterministic=False):
     check_inputs(features, labels, centers)
     check_alpha(alpha)
     return _fake_outputs(features, reduction, need_diff)
 
 
 @torch.library.register_fake("centerloss::update_centers_")
-def _update_centers_fake(centers, features, labels, alpha):
+def _update_centers_fake(centers, features, labels, alpha, deterministic=False):
     check_inputs(features, labels, centers)
     check_alpha(alpha)
 
@@ -53,7 +54,8 @@ def _backward_features_fake(grad_loss, diff, reduction):
 
 
 @torch.library.register_fake("centerloss::backward_centers")
-def _backward_centers_fake(grad_loss, diff, labels, reduction, num_classes, centers_dtype):
+def _backward_centers_fake(grad_loss, diff, labels, reduction, num_classes, centers_dtype,
+                           deterministic=False):
     return diff.new_empty((num_classes, diff.shape[1]), dtype=centers_dtype)
 
 
@@ -70,7 +72,8 @@ class _CenterLossFunction(torch.autograd.Function):
             loss, diff = _ops.forward(features, labels, centers, reduction, need_diff)
         else:
             loss, diff = _ops.forward_update_(centers, features, labels, reduction, alpha,
-                                              need_diff)
+                                              need_diff,
+                                              torch.are_deterministic_algorithms_enabled())
         ctx.save_for_backward(diff, labels)
         ctx.reduction = reduction
         ctx.num_classes = centers.shape[0]
@@ -86,7 +89,8 @@ class _CenterLossFunction(torch.autograd.Function):
             grad_features = _ops.backward_features(grad_loss, diff, ctx.reduction)
         if ctx.needs_input_grad[2]:
             grad_centers = _ops.backward_centers(grad_loss, diff, labels, ctx.reduction,
-                                                 ctx.num_classes, ctx.centers_dtype)
+                                                 ctx.num_classes, ctx.centers_dtype,
+                                                 torch.are_deterministic_algorithms_enabled())
         return grad_features, None, grad_centers, None, None, None
 
 
@@ -135,13 +139,19 @@ def center_loss_and_update_(features: torch.Tensor, labels: torch.Tensor,
 
 
 def update_centers_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
-                    alpha: float) -> torch.Tensor:
+                    alpha: float, *, deterministic: Optional[bool] = None) -> torch.Tensor:
     """The paper's center update (eq. 4) in place, without computing the loss.
 
     ``n_j = #{i: y_i = j}``, ``c_j ← c_j − α Σ_{y_i=j}(c_j − x_i) / (1 + n_j)`` for the classes
     present; rows with non-finite features count as absent. Returns ``centers``.
+
+    ``deterministic``: bit-identical results run to run (on CUDA: sorted sums instead of
+    atomics); ``None`` follows ``torch.are_deterministic_algorithms_enabled()``. The CPU
+    kernels are deterministic always.
     """
     check_alpha(alpha)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
     with torch.no_grad():
-        _ops.update_centers_(centers, features.detach(), labels, float(alpha))
+        _ops.update_centers_(centers, features.detach(), labels, float(alpha), deterministic)
     return centers

@@ -8,6 +8,7 @@ index_add), never forming a B × C distance matrix or a C × D buffer per step.
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import torch
 
@@ -48,8 +49,9 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
 
 @torch.no_grad()
 def update_centers_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
-                    alpha: float) -> torch.Tensor:
-    """See :func:`centerloss_ext.update_centers_`."""
+                    alpha: float, *, deterministic: Optional[bool] = None) -> torch.Tensor:
+    """See :func:`centerloss_ext.update_centers_` (``deterministic`` is accepted for the
+    same signature; index_add follows torch.use_deterministic_algorithms)."""
     check_alpha(alpha)
     _check(features, labels, centers)
     if features.shape[0] == 0:

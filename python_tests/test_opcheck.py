@@ -33,12 +33,15 @@ def test_opcheck_forward(device):
 
 def test_opcheck_forward_update_(device):
     for x, y, c, red in _samples(device):
-        torch.library.opcheck(ops.forward_update_.default, (c.clone(), x, y, red, 0.5, True))
+        for det in (False, True):
+            torch.library.opcheck(ops.forward_update_.default,
+                                  (c.clone(), x, y, red, 0.5, True, det))
 
 
 def test_opcheck_update_centers_(device):
     for x, y, c, _ in _samples(device):
-        torch.library.opcheck(ops.update_centers_.default, (c.clone(), x, y, 0.25))
+        for det in (False, True):
+            torch.library.opcheck(ops.update_centers_.default, (c.clone(), x, y, 0.25, det))
 
 
 def test_opcheck_backward_ops(device):
@@ -46,8 +49,9 @@ def test_opcheck_backward_ops(device):
         loss, diff = ops.forward(x, y, c, red, True)
         g = torch.rand_like(loss)
         torch.library.opcheck(ops.backward_features.default, (g, diff, red))
-        torch.library.opcheck(ops.backward_centers.default,
-                              (g, diff, y, red, c.shape[0], c.dtype))
+        for det in (False, True):
+            torch.library.opcheck(ops.backward_centers.default,
+                                  (g, diff, y, red, c.shape[0], c.dtype, det))
 
 
 def test_meta_tensors_get_shapes_and_dtypes():

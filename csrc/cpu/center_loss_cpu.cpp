@@ -205,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> forward_update_cpu(at::Tensor& centers,
                                                       const at::Tensor& features,
                                                       const at::Tensor& labels,
                                                       int64_t reduction, double alpha,
-                                                      bool need_diff) {
+                                                      bool need_diff, bool /*deterministic*/) {
   check_inputs(features, labels, centers);
   check_alpha(alpha);
   const Reduction red = to_reduction(reduction);
@@ -226,7 +226,8 @@ std::tuple<at::Tensor, at::Tensor> forward_update_cpu(at::Tensor& centers,
 }
 
 void update_centers_cpu(at::Tensor& centers, const at::Tensor& features,
-                        const at::Tensor& labels, double alpha) {
+                        const at::Tensor& labels, double alpha,
+                        bool /*deterministic*/) {
   check_inputs(features, labels, centers);
   check_alpha(alpha);
   with_contiguous(centers, features, labels, [&](const at::Tensor& x, const at::Tensor& y,
@@ -286,7 +287,8 @@ at::Tensor backward_features_cpu(const at::Tensor& grad_loss, const at::Tensor& 
 
 at::Tensor backward_centers_cpu(const at::Tensor& grad_loss, const at::Tensor& diff,
                                 const at::Tensor& labels, int64_t reduction,
-                                int64_t num_classes, at::ScalarType centers_dtype) {
+                                int64_t num_classes, at::ScalarType centers_dtype,
+                                bool /*deterministic*/) {
   const Reduction red = to_reduction(reduction);
   check_backward_inputs(grad_loss, diff, red);
   TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == diff.size(0),

@@ -27,8 +27,8 @@ Pair forward_update_(at::Tensor& c, const at::Tensor& x, const at::Tensor& y, in
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("centerloss::forward_update_", "")
                        .typed<Pair(at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                   double, bool)>();
-  return op.call(c, x, y, red, alpha, true);
+                                   double, bool, bool)>();
+  return op.call(c, x, y, red, alpha, /*need_diff=*/true, /*deterministic=*/false);
 }
 
 at::Tensor backward_centers(const at::Tensor& g, const at::Tensor& diff, const at::Tensor& y,
@@ -36,8 +36,8 @@ at::Tensor backward_centers(const at::Tensor& g, const at::Tensor& diff, const a
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("centerloss::backward_centers", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         int64_t, int64_t, at::ScalarType)>();
-  return op.call(g, diff, y, red, num_classes, at::kDouble);
+                                         int64_t, int64_t, at::ScalarType, bool)>();
+  return op.call(g, diff, y, red, num_classes, at::kDouble, /*deterministic=*/false);
 }
 
 at::Tensor backward_features(const at::Tensor& g, const at::Tensor& diff, int64_t red) {
