@@ -113,4 +113,12 @@ setup(
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
+    # the training scripts (centerloss_ext.train) also need torchvision, numpy, matplotlib,
+    # scikit-learn, tqdm and pillow: requirements.txt, or pip install ".[train]"
+    extras_require={"train": ["torchvision", "numpy", "matplotlib", "scikit-learn", "tqdm",
+                              "pillow"]},
+    entry_points={"console_scripts": [
+        "centerloss-mnist = centerloss_ext.train.mnist:main",
+        "centerloss-faces = centerloss_ext.train.faces:main",
+    ]},
 )

@@ -1,0 +1,247 @@
+"""LeNet++ with softmax + λ·center loss on Fashion-MNIST or MNIST (the paper's Figure 3).
+
+    python -m centerloss_ext.train.mnist --out runs/demo            # Fashion-MNIST, 2-D
+    python -m centerloss_ext.train.mnist --center-loss-weight 0     # softmax-only twin
+    python -m centerloss_ext.train.mnist --feature-dim 128 --epochs 12
+
+Writes to --out: epochs/epoch_NN.png (the test set's features with the centers marked,
+one per epoch), features.gif (all of them), curves.png, metrics.json and checkpoint.pt
+(--resume continues from it). Evaluation: softmax accuracy, k-NN accuracy (test features
+against train features), nearest-center accuracy and the intra/inter-class distance
+ratio of the test features.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .. import CenterLoss
+from .common import (check_finite, check_same_config, environment, load_checkpoint,
+                     resolve_device, run_cli, save_checkpoint, seed_everything, write_json)
+from .data import DATASETS, ImageSplits, load_mnist_like, to_unit_range
+from .evaluate import (extract_features, intra_inter_ratio, knn_accuracy,
+                       nearest_center_accuracy, tensor_batches)
+from .models import LeNetPlusPlus
+from . import plots
+
+PROG = "centerloss-mnist"
+# options that define a run: resuming with other values would mix two runs
+RUN_KEYS = ("dataset", "feature_dim", "center_loss_weight", "alpha", "lr", "weight_decay",
+            "batch_size", "seed", "lr_schedule")
+KNN_KS = (1, 5)
+EVAL_BATCH = 1000
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="folder with the IDX files (Fashion-MNIST default: "
+                        "/usr/share/datasets/fashion-mnist), or torchvision's root")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download the data set into --data")
+    p.add_argument("--out", default="runs/mnist", help="output folder (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="cosine: decay to 0 over --epochs (per epoch)")
+    p.add_argument("--center-loss-weight", "--lambda", dest="center_loss_weight", type=float,
+                   default=0.1, help="λ; 0 trains the softmax-only baseline (the centers "
+                                     "are still tracked, for evaluation)")
+    p.add_argument("--alpha", type=float, default=0.5, help="center learning rate α")
+    p.add_argument("--feature-dim", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out/checkpoint.pt up to --epochs")
+    p.add_argument("--limit-train", type=int, default=None, metavar="N",
+                   help="train on the first N training images only (quick trials)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.feature_dim < 1:
+        p.error("--epochs, --batch-size and --feature-dim must be positive")
+    if args.center_loss_weight < 0:
+        p.error("--center-loss-weight must be >= 0")
+    return args
+
+
+def lr_at(args: argparse.Namespace, epoch: int) -> float:
+    if args.lr_schedule == "cosine":
+        import math
+        return args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+    return args.lr
+
+
+def train_one_epoch(model: LeNetPlusPlus, center_loss: CenterLoss,
+                    optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                    labels: torch.Tensor, args: argparse.Namespace, epoch: int,
+                    device: torch.device) -> Dict[str, float]:
+    """One pass over the (in-memory) training set in a seeded order; epoch means."""
+    model.train()
+    center_loss.train()                        # alpha mode: the forward moves the centers
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(
+        args.seed * 100_003 + epoch))
+    steps = range(0, len(images), args.batch_size)
+    bar = tqdm(steps, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", leave=False,
+               disable=args.no_progress, dynamic_ncols=True)
+    sums = {"loss": 0.0, "softmax": 0.0, "center": 0.0, "correct": 0, "seen": 0}
+    for step, start in enumerate(bar):
+        idx = order[start:start + args.batch_size]
+        x = images[idx].to(device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last)
+        y = labels[idx].to(device, non_blocking=True)
+        features, logits = model(x)
+        softmax = F.cross_entropy(logits, y)
+        center = center_loss(features, y)
+        loss = softmax + args.center_loss_weight * center
+        value = check_finite(loss, epoch, step, {"softmax": softmax, "center": center})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(y)
+        sums["loss"] += value * n
+        sums["softmax"] += softmax.item() * n
+        sums["center"] += center.item() * n
+        sums["correct"] += int((logits.argmax(1) == y).sum())
+        sums["seen"] += n
+        bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}",
+                        acc=f"{sums['correct'] / sums['seen']:.4f}", refresh=False)
+    bar.close()
+    seen = sums["seen"]
+    return {"train_loss": sums["loss"] / seen, "train_softmax_loss": sums["softmax"] / seen,
+            "train_center_loss": sums["center"] / seen, "train_acc": sums["correct"] / seen}
+
+
+def features_of(model: LeNetPlusPlus, images: torch.Tensor, labels: torch.Tensor,
+                device: torch.device):
+    model.eval()
+    return extract_features(model.embed, tensor_batches(images, labels, EVAL_BATCH), device,
+                            logits_fn=model.classifier, channels_last=True)
+
+
+def evaluate_test(model: LeNetPlusPlus, center_loss: CenterLoss, data: ImageSplits,
+                  test_images: torch.Tensor, device: torch.device):
+    """Per-epoch measures on the test set (cheap: no training-set features)."""
+    feats, y, pred = features_of(model, test_images, data.test_labels, device)
+    spread = intra_inter_ratio(feats, y)
+    metrics = {
+        "test_softmax_acc": float((pred == y).float().mean()),
+        "test_nearest_center_acc": nearest_center_accuracy(feats, y, center_loss.centers),
+        "test_intra": spread["intra"], "test_inter": spread["inter"],
+        "test_intra_inter_ratio": spread["ratio"],
+    }
+    return metrics, feats
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Trains, evaluates and writes everything to ``args.out``; returns metrics.json's
+    content."""
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    data = load_mnist_like(args.dataset, args.data, args.download)
+    out = Path(args.out)
+    (out / "epochs").mkdir(parents=True, exist_ok=True)
+    train_images = to_unit_range(data.train_images)
+    train_labels = data.train_labels
+    if args.limit_train is not None:
+        train_images, train_labels = train_images[:args.limit_train], train_labels[:args.limit_train]
+    test_images = to_unit_range(data.test_images)
+    num_classes = len(data.class_names)
+
+    model = LeNetPlusPlus(num_classes, args.feature_dim).to(device,
+                                                            memory_format=torch.channels_last)
+    center_loss = CenterLoss(num_classes, args.feature_dim, alpha=args.alpha, device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+    config = {k: getattr(args, k) for k in RUN_KEYS}
+    run_keys = RUN_KEYS
+    if args.lr_schedule == "cosine":           # the schedule depends on the total
+        config["epochs"] = args.epochs
+        run_keys = RUN_KEYS + ("epochs",)
+    history: List[Dict[str, Any]] = []
+    start_epoch, elapsed = 0, 0.0
+    ckpt_path = out / "checkpoint.pt"
+    if args.resume:
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        check_same_config(ckpt["config"], config, run_keys, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        center_loss.load_state_dict(ckpt["center_loss"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start_epoch, history, elapsed = ckpt["epoch"], ckpt["history"], ckpt["train_seconds"]
+        print(f"resuming {ckpt_path} after epoch {start_epoch}")
+    elif ckpt_path.exists():
+        print(f"note: starting afresh; {ckpt_path} will be overwritten (--resume continues it)")
+
+    tag = "softmax only" if args.center_loss_weight == 0 else \
+        f"softmax + {args.center_loss_weight:g}·center loss (α={args.alpha:g})"
+    print(f"{PROG}: LeNet++ ({args.feature_dim}-D features), {tag}, {args.dataset} "
+          f"({len(train_images)} train / {len(test_images)} test) on {device}, "
+          f"{args.epochs} epochs -> {out}")
+    for epoch in range(start_epoch, args.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(args, epoch)
+        t0 = time.perf_counter()
+        train_metrics = train_one_epoch(model, center_loss, optimizer, train_images,
+                                        train_labels, args, epoch, device)
+        elapsed += time.perf_counter() - t0
+        test_metrics, test_feats = evaluate_test(model, center_loss, data, test_images, device)
+        row = {"epoch": epoch + 1, "lr": lr_at(args, epoch), **train_metrics, **test_metrics,
+               "train_seconds": round(elapsed, 1)}
+        history.append(row)
+        plots.feature_scatter(out / "epochs" / f"epoch_{epoch + 1:02d}.png", test_feats,
+                              data.test_labels, center_loss.centers, data.class_names,
+                              f"{args.dataset} test, epoch {epoch + 1}: {tag}\n"
+                              f"nearest-center acc {test_metrics['test_nearest_center_acc']:.3f}"
+                              f", intra/inter {test_metrics['test_intra_inter_ratio']:.3f}")
+        tqdm.write(f"epoch {epoch + 1}/{args.epochs}  loss {row['train_loss']:.4f}  "
+                   f"train acc {row['train_acc']:.4f}  test softmax acc "
+                   f"{row['test_softmax_acc']:.4f}  nearest-center {row['test_nearest_center_acc']:.4f}"
+                   f"  intra/inter {row['test_intra_inter_ratio']:.3f}  ({elapsed:.0f} s)")
+        save_checkpoint(ckpt_path, {
+            "config": config, "epoch": epoch + 1, "history": history, "train_seconds": elapsed,
+            "model": model.state_dict(), "center_loss": center_loss.state_dict(),
+            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "class_names": list(data.class_names),
+        })
+        write_json(out / "metrics.json", _metrics(args, data, device, history, None))
+
+    # Final: k-NN of the test features against the (un-augmented) training features.
+    train_feats, _, _ = features_of(model, train_images, train_labels, device)
+    test_feats, test_y, _ = features_of(model, test_images, data.test_labels, device)
+    knn = knn_accuracy(train_feats, train_labels, test_feats, test_y, KNN_KS)
+    final = {**history[-1], **{f"test_knn{k}_acc": v for k, v in knn.items()}}
+    metrics = _metrics(args, data, device, history, final)
+    write_json(out / "metrics.json", metrics)
+    plots.training_curves(out / "curves.png", history)
+    all_frames = sorted((out / "epochs").glob("epoch_*.png"))
+    plots.make_gif(all_frames, out / "features.gif")
+    print(f"final (epoch {final['epoch']}): softmax acc {final['test_softmax_acc']:.4f}, "
+          + ", ".join(f"{k}-NN acc {v:.4f}" for k, v in knn.items())
+          + f", nearest-center acc {final['test_nearest_center_acc']:.4f}, intra/inter ratio "
+          f"{final['test_intra_inter_ratio']:.4f}; {final['train_seconds']:.0f} s training")
+    print(f"wrote {out}/: epochs/*.png, features.gif, curves.png, metrics.json, checkpoint.pt")
+    return metrics
+
+
+def _metrics(args, data: ImageSplits, device, history, final) -> Dict[str, Any]:
+    return {"config": vars(args), "data": {"source": data.source, "classes": list(data.class_names)},
+            "environment": environment(device), "final": final, "history": history}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    return run_cli(PROG, lambda: run(args))
+
+
+if __name__ == "__main__":
+    main()

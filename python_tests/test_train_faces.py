@@ -1,0 +1,195 @@
+"""The faces pipeline (centerloss_ext.train.faces) on a tiny generated identity-folder
+tree: train -> eval -> embed -> identify end to end on the CPU, the label mapping of val/,
+and the refusals (malformed folders, --num-classes mismatch, a non-finite loss)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from centerloss_ext.train import faces
+from centerloss_ext.train.common import DataError
+from centerloss_ext.train.data import load_face_folders
+from centerloss_ext.train.models import FaceNet
+from centerloss_ext.train.synthetic import make_synthetic_faces
+
+FAST = ["--arch", "compact", "--image-size", "32", "--feature-dim", "32", "--batch-size",
+        "16", "--workers", "0", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """6 training identities (12 images each), val/ with 4 of each plus 1 unseen one."""
+    return make_synthetic_faces(tmp_path_factory.mktemp("faces"), identities=6,
+                                train_per_identity=12, val_per_identity=4, unseen=1,
+                                image_size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("faces_run")
+    result = faces.main(["train", "--input-dir", str(tree), "--out", str(out),
+                         "--epochs", "4", *FAST])
+    return out, result
+
+
+def _copy(tree, tmp_path):
+    return shutil.copytree(tree, tmp_path / "copy")
+
+
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        faces.main(argv)
+    assert e.value.code == 1
+    return capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_eval_embed_identify(tree, trained, tmp_path):
+    out, result = trained
+    for name in ("checkpoint.pt", "metrics.json", "curves.png", "roc.png"):
+        assert (out / name).is_file(), name
+    final = result["final"]
+    assert result["unseen_val_identities"] == ["id_006"]
+    assert final["val_unseen_identities"] == 1 and final["val_images"] == 28
+    assert final["val_images_seen"] == 24
+    # the shapes are easy: the features must separate them
+    assert final["val_knn1_acc"] >= 0.9
+    assert final["val_roc_auc"] >= 0.9
+    for key in ("val_knn5_acc", "val_softmax_acc", "val_nearest_center_acc",
+                "val_tar@far=0.001", "val_best_accuracy", "val_best_threshold"):
+        assert key in final
+    assert final["val_pairs_same"] == 6 * 6 + 6       # C(4,2) per identity, 7 identities
+    assert json.loads((out / "metrics.json").read_text())["final"] == final
+
+    # eval reproduces the last evaluation of training
+    ev = faces.main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--input-dir",
+                     str(tree), "--out", str(tmp_path), "--workers", "0", "--device", "cpu"])
+    assert ev["val_knn1_acc"] == pytest.approx(final["val_knn1_acc"])
+    assert ev["val_roc_auc"] == pytest.approx(final["val_roc_auc"], abs=1e-6)
+    assert (tmp_path / "eval_metrics.json").is_file() and (tmp_path / "eval_roc.png").is_file()
+
+    # embed the training identities as the gallery, in both formats
+    for name in ("gallery.npz", "gallery.pt"):
+        faces.main(["embed", "--checkpoint", str(out / "checkpoint.pt"), "--images",
+                    str(tree / "train"), "--out", str(tmp_path / name), "--workers", "0",
+                    "--device", "cpu"])
+    feats, paths, labels, meta = faces.load_embeddings(tmp_path / "gallery.npz")
+    feats_pt, paths_pt, labels_pt, _ = faces.load_embeddings(tmp_path / "gallery.pt")
+    assert feats.shape == (72, 32) and meta["feature_dim"] == 32
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(72))
+    torch.testing.assert_close(feats, feats_pt)
+    assert paths == paths_pt and labels == labels_pt
+    assert paths[0] == "id_000/id_000_000.png" and labels[0] == "id_000"
+    assert sorted(set(labels)) == [f"id_{i:03d}" for i in range(6)]
+
+    # identify val/ images of known identities
+    queries = [str(tree / "val" / f"id_{i:03d}") for i in range(6)]
+    results = faces.main(["identify", "--checkpoint", str(out / "checkpoint.pt"),
+                          "--gallery", str(tmp_path / "gallery.npz"), "--query", *queries,
+                          "--top-k", "3", "--workers", "0", "--device", "cpu", "--json"])
+    assert len(results) == 24 and all(len(r["matches"]) == 3 for r in results)
+    right = [r["identity"] == r["query"].split("/")[-2] for r in results]
+    assert np.mean(right) >= 0.9
+    scores = [m["score"] for m in results[0]["matches"]]
+    assert scores == sorted(scores, reverse=True) and -1 <= scores[-1] <= scores[0] <= 1
+    # a threshold above every score makes the answer "unknown"
+    unknown = faces.main(["identify", "--checkpoint", str(out / "checkpoint.pt"),
+                          "--gallery", str(tmp_path / "gallery.pt"), "--query", queries[0],
+                          "--threshold", "1.01", "--workers", "0", "--device", "cpu"])
+    assert all(r["identity"] is None for r in unknown)
+
+
+@pytest.mark.slow
+def test_resume_after_an_interruption_matches_a_straight_run(tree, tmp_path, monkeypatch):
+    args = ["--input-dir", str(tree), "--epochs", "2", "--eval-every", "2", *FAST]
+    faces.main(["train", "--out", str(tmp_path / "a"), *args])
+    real = faces.train_one_epoch
+
+    def interrupted(*a, **k):
+        if a[7] == 1:                                  # the second epoch
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(faces, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        faces.main(["train", "--out", str(tmp_path / "b"), *args])
+    monkeypatch.setattr(faces, "train_one_epoch", real)
+    resumed = faces.main(["train", "--out", str(tmp_path / "b"), "--resume", *args])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a["center_loss"]["centers"], b["center_loss"]["centers"],
+                               rtol=1e-5, atol=1e-6)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+
+
+def test_val_uses_train_mapping(tmp_path):
+    root = make_synthetic_faces(tmp_path, identities=3, train_per_identity=2,
+                                val_per_identity=2, unseen=1, image_size=16,
+                                names=["alice", "bob", "carol", "zed"])
+    shutil.rmtree(root / "val" / "alice")            # val/ lacks train's first identity
+    folders = load_face_folders(root)
+    assert folders.train.class_to_idx == {"alice": 0, "bob": 1, "carol": 2}
+    assert folders.val.class_to_idx == {"bob": 1, "carol": 2, "zed": 3}
+    assert folders.val.unseen == ["zed"]
+    assert sorted(set(folders.val.labels.tolist())) == [1, 2, 3]
+    assert folders.class_names == ["alice", "bob", "carol"]
+
+
+def test_malformed_folders_are_refused(tree, tmp_path, capsys):
+    base = ["train", "--out", str(tmp_path / "out"), "--epochs", "1", *FAST]
+    root = _copy(tree, tmp_path)
+    shutil.rmtree(root / "val")
+    assert "val is missing" in _error(capsys, base + ["--input-dir", str(root)])
+
+    root = make_synthetic_faces(tmp_path / "stray", identities=2, train_per_identity=2,
+                                val_per_identity=1, unseen=0, image_size=16)
+    shutil.copy(root / "train" / "id_000" / "id_000_000.png", root / "train" / "loose.png")
+    assert "holds image files directly (loose.png)" in _error(
+        capsys, base + ["--input-dir", str(root)])
+
+    root = make_synthetic_faces(tmp_path / "empty", identities=2, train_per_identity=2,
+                                val_per_identity=1, unseen=0, image_size=16)
+    (root / "train" / "nobody").mkdir()
+    assert "without images: nobody" in _error(capsys, base + ["--input-dir", str(root)])
+
+    root = make_synthetic_faces(tmp_path / "one", identities=1, train_per_identity=2,
+                                val_per_identity=1, unseen=0, image_size=16)
+    assert "at least 2" in _error(capsys, base + ["--input-dir", str(root)])
+
+    with pytest.raises(DataError, match="no identity subfolders"):
+        (tmp_path / "bare" / "train").mkdir(parents=True)
+        (tmp_path / "bare" / "val").mkdir()
+        load_face_folders(tmp_path / "bare")
+
+
+def test_num_classes_must_match_the_folders(tree, tmp_path, capsys):
+    err = _error(capsys, ["train", "--input-dir", str(tree), "--out", str(tmp_path),
+                          "--num-classes", "5", *FAST])
+    assert "--num-classes 5 but" in err and "holds 6 identities" in err
+    assert load_face_folders(tree, num_classes=6).num_classes == 6
+
+
+def test_non_finite_loss_stops_the_run(tree, tmp_path, capsys):
+    err = _error(capsys, ["train", "--input-dir", str(tree), "--out", str(tmp_path),
+                          "--epochs", "1", "--center-loss-weight", "1e38", *FAST])
+    assert "the loss became inf at epoch 1, step 1" in err
+    assert "training stopped" in err
+
+
+@pytest.mark.parametrize("arch,size,flat", [("resnet18", 112, 512 * 7 * 7),
+                                            ("resnet18", 64, 512 * 8 * 8),
+                                            ("compact", 32, 256 * 2 * 2)])
+def test_face_backbones(arch, size, flat):
+    model = FaceNet(num_classes=4, feature_dim=16, arch=arch, image_size=size).eval()
+    assert model.embedding[3].in_features == flat
+    with torch.no_grad():
+        features, logits = model(torch.zeros(2, 3, size, size))
+    assert features.shape == (2, 16) and logits.shape == (2, 4)
+    assert model.classifier.bias is None

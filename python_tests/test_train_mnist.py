@@ -1,0 +1,145 @@
+"""The MNIST-style training script (centerloss_ext.train.mnist) on small synthetic IDX
+files: outputs, metrics, resume, the softmax-only baseline, and the data errors."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from centerloss_ext.train import data as tdata
+from centerloss_ext.train import mnist
+from centerloss_ext.train.common import DataError, NonFiniteLossError, check_finite
+from centerloss_ext.train.models import LeNetPlusPlus
+
+
+def _write_idx(path, array: np.ndarray, compress: bool) -> None:
+    magic = 0x0800 | array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def _class_images(labels: np.ndarray, rng) -> np.ndarray:
+    """A bright horizontal bar whose row depends on the class, plus noise."""
+    images = rng.integers(0, 60, (len(labels), 28, 28))
+    for i, y in enumerate(labels):
+        images[i, 2 + 2 * y:4 + 2 * y, 4:24] = 255
+    return images
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for split, n, compress in (("train", 128, True), ("t10k", 60, False)):
+        labels = np.arange(n) % 10
+        _write_idx(root / f"{split}-images-idx3-ubyte", _class_images(labels, rng), compress)
+        _write_idx(root / f"{split}-labels-idx1-ubyte", labels, compress)
+    return root
+
+
+def _run(idx_dir, out, *extra):
+    return mnist.main(["--data", str(idx_dir), "--out", str(out), "--no-progress",
+                       "--batch-size", "64", *extra])
+
+
+def test_read_idx_roundtrip_and_errors(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a", a, compress=False)
+    np.testing.assert_array_equal(tdata.read_idx(tmp_path / "a", 3), a)
+    with pytest.raises(DataError, match="magic"):
+        tdata.read_idx(tmp_path / "a", 1)
+    (tmp_path / "short").write_bytes((tmp_path / "a").read_bytes()[:-3])
+    with pytest.raises(DataError, match="header says"):
+        tdata.read_idx(tmp_path / "short", 3)
+
+
+def test_load_idx_folder(idx_dir):
+    splits = tdata.load_mnist_like("fashion-mnist", str(idx_dir))
+    assert splits.train_images.shape == (128, 28, 28)
+    assert splits.train_images.dtype == torch.uint8
+    assert splits.test_labels.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert splits.class_names[0] == "T-shirt/top"
+    x = tdata.to_unit_range(splits.test_images)
+    assert x.shape == (60, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        mnist.main(["--dataset", "mnist", "--data", str(tmp_path / "none"),
+                    "--out", str(tmp_path / "out")])
+    assert e.value.code == 1
+    assert "mnist not found" in capsys.readouterr().err
+
+
+def test_lenet_plus_plus_shapes():
+    model = LeNetPlusPlus(10, 2)
+    features, logits = model(torch.zeros(3, 1, 28, 28))
+    assert features.shape == (3, 2) and logits.shape == (3, 10)
+    assert model.classifier.bias is None             # decision regions are cones from 0
+
+
+@pytest.fixture(scope="module")
+def two_epochs(idx_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, _run(idx_dir, out, "--epochs", "2")
+
+
+def test_train_writes_plots_metrics_checkpoint(two_epochs):
+    out, result = two_epochs
+    for name in ("epochs/epoch_01.png", "epochs/epoch_02.png", "features.gif", "curves.png",
+                 "metrics.json", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["final"] == result["final"]
+    final = saved["final"]
+    for key in ("test_softmax_acc", "test_knn1_acc", "test_knn5_acc",
+                "test_nearest_center_acc", "test_intra_inter_ratio", "train_loss"):
+        assert key in final
+    for key in ("test_softmax_acc", "test_knn1_acc", "test_nearest_center_acc"):
+        assert 0.0 <= final[key] <= 1.0
+    assert [h["epoch"] for h in saved["history"]] == [1, 2]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["center_loss"]["centers"].abs().sum() > 0      # the centers moved
+
+
+def test_resume_continues_the_same_run(idx_dir, two_epochs, tmp_path, capsys):
+    straight_out, straight = two_epochs
+    _run(idx_dir, tmp_path, "--epochs", "1")
+    resumed = _run(idx_dir, tmp_path, "--epochs", "2", "--resume")
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    a = torch.load(straight_out / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a["center_loss"]["centers"], b["center_loss"]["centers"],
+                               rtol=1e-5, atol=1e-6)
+    assert resumed["final"]["train_loss"] == pytest.approx(straight["final"]["train_loss"],
+                                                           rel=1e-5)
+    # options that define the run must match the checkpoint's
+    with pytest.raises(SystemExit):
+        _run(idx_dir, tmp_path, "--epochs", "3", "--resume", "--feature-dim", "3")
+    assert "--feature-dim 2 (now 3)" in capsys.readouterr().err
+
+
+def test_softmax_only_baseline_still_tracks_centers(idx_dir, tmp_path):
+    result = _run(idx_dir, tmp_path / "s", "--epochs", "1", "--center-loss-weight", "0",
+                  "--feature-dim", "3")
+    assert result["final"]["train_center_loss"] > 0
+    assert (tmp_path / "s" / "epochs" / "epoch_01.png").is_file()   # PCA-projected plot
+    ckpt = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)
+    assert ckpt["center_loss"]["centers"].shape == (10, 3)
+    assert ckpt["center_loss"]["centers"].abs().sum() > 0
+
+
+def test_non_finite_loss_stops_with_a_message():
+    assert check_finite(torch.tensor(1.5), 0, 0) == 1.5
+    with pytest.raises(NonFiniteLossError, match=r"nan at epoch 3, step 8 \(center=nan\)"):
+        check_finite(torch.tensor(float("nan")), 2, 7, {"center": torch.tensor(float("nan"))})
