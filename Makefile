@@ -31,6 +31,13 @@ build: $(VENV)/.deps
 pytest: build
 	$(PY) -m pytest -q
 
+# The main job: LeNet++ with center loss on Fashion-MNIST, on the CPU, into runs/demo/
+# (feature plots per epoch, features.gif, curves.png, metrics.json, checkpoint.pt).
+DEMO_EPOCHS ?= 3
+DEMO_ARGS ?=
+demo: build system-deps
+	$(PY) -m centerloss_ext.train.mnist --out runs/demo --epochs $(DEMO_EPOCHS) $(DEMO_ARGS)
+
 cpp-test: build system-deps
 	PYTHON=$(PY) scripts/cpp_tests.sh
 

@@ -71,6 +71,20 @@ def test_load_idx_folder(idx_dir):
     assert x.shape == (60, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
 
 
+def test_torchvision_layout(tmp_path):
+    """Without IDX files in --data itself, torchvision's MNIST loader reads DIR/MNIST/raw."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 20), ("t10k", 10)):
+        labels = np.arange(n) % 10
+        _write_idx(raw / f"{split}-images-idx3-ubyte", _class_images(labels, rng), False)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels, False)
+    splits = tdata.load_mnist_like("mnist", str(tmp_path))
+    assert splits.train_images.shape == (20, 28, 28) and splits.test_labels.shape == (10,)
+    assert splits.class_names[3] == "3"
+
+
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         mnist.main(["--dataset", "mnist", "--data", str(tmp_path / "none"),

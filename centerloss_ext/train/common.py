@@ -2,6 +2,7 @@
 guard, and the errors that the command lines turn into a one-line message."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -107,6 +108,17 @@ def environment(device: torch.device) -> Dict[str, Any]:
                    else f"cpu ({platform.processor() or platform.machine()})"),
         "cpu_threads": torch.get_num_threads(),
     }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                    argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's layout and shows the options' defaults (those that
+    are values, not None or off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.help is None:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def run_cli(prog: str, fn: Callable[[], Any]) -> Any:

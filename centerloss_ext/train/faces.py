@@ -32,11 +32,11 @@ from tqdm import tqdm
 
 from .. import CenterLoss
 from . import plots
-from .common import (DataError, TrainingError, check_finite, check_same_config, environment,
+from .common import (DataError, HelpFormatter, TrainingError, check_finite, check_same_config, environment,
                      load_checkpoint, resolve_device, run_cli, save_checkpoint,
                      seed_everything, write_json)
-from .data import (FaceFolders, ImageListDataset, face_transforms, list_images,
-                   load_face_folders)
+from .data import (FaceFolders, ImageListDataset, face_transforms, is_image_file,
+                   list_images, load_face_folders)
 from .evaluate import (extract_features, knn_accuracy, l2_normalize, nearest_center_accuracy,
                        pair_similarities, verification_metrics, verification_pairs)
 from .models import FACE_ARCHS, FaceNet
@@ -54,10 +54,10 @@ KNN_KS = (1, 5)
 # ------------------------------------------------------------------ options
 
 def _common_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="data-loading processes (default: %(default)s)")
+                   help="data-loading processes")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="mixed precision: auto = bf16 (fp16 on GPUs without bf16) on CUDA, "
                         "off on the CPU")
@@ -72,24 +72,27 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train on DIR/train, evaluate on DIR/val")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    t = command("train", "train on DIR/train, evaluate on DIR/val")
     t.add_argument("--input-dir", required=True, help="folder with train/ and val/")
-    t.add_argument("--out", default="runs/faces", help="output folder (default: %(default)s)")
+    t.add_argument("--out", default="runs/faces", help="output folder")
     t.add_argument("--num-classes", type=int, default=None,
                    help="checked against the identities in train/ (inferred when absent)")
     t.add_argument("--arch", choices=FACE_ARCHS, default="resnet18",
                    help="resnet18: torchvision's ResNet-18 with a face-sized stem "
                         "(default); compact: a small 8-layer CNN for CPUs and small data")
-    t.add_argument("--feature-dim", type=int, default=512)
-    t.add_argument("--image-size", type=int, default=112)
+    t.add_argument("--feature-dim", type=int, default=512, help="width of the embedding")
+    t.add_argument("--image-size", type=int, default=112,
+                   help="images are resized to this square size")
     t.add_argument("--dropout", type=float, default=0.2, help="before the embedding layer")
     t.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random crop/flip/colour jitter")
-    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--epochs", type=int, default=20, help="passes over train/")
     t.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     t.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default: 0.1 for sgd, 1e-3 for adamw)")
@@ -101,21 +104,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     t.add_argument("--milestones", type=int, nargs="*", default=None,
                    help="step scheduler epochs (default: 50%% and 75%% of --epochs)")
     t.add_argument("--warmup-epochs", type=float, default=1.0,
-                   help="linear learning-rate warm-up from 0 (default: %(default)s)")
+                   help="linear learning-rate warm-up from 0")
     t.add_argument("--clip-grad-norm", type=float, default=5.0,
                    help="clip the gradients' global norm (0: off)")
     t.add_argument("--center-loss-weight", "--lambda", dest="center_loss_weight", type=float,
-                   default=0.005, help="λ (default %(default)s; caffe-face used 0.008)")
+                   default=0.005, help="λ (caffe-face used 0.008)")
     t.add_argument("--alpha", type=float, default=0.5, help="center learning rate α")
     t.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="evaluate on val/ every N epochs and after the last")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="initialisation, order, augmentation")
     t.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt up to --epochs")
     _common_runtime(t)
     _eval_options(t)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on DIR/val (gallery: DIR/train)")
+    e = command("eval", "evaluate a checkpoint on DIR/val (gallery: DIR/train)")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--input-dir", required=True)
     e.add_argument("--out", default=None,
@@ -125,18 +128,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     _common_runtime(e)
     _eval_options(e)
 
-    m = sub.add_parser("embed", help="L2-normalised features of a folder of images")
+    m = command("embed", "write the L2-normalised features of a folder of images")
     m.add_argument("--checkpoint", required=True)
     m.add_argument("--images", required=True,
                    help="folder of images; an image in FOLDER/<name>/ is labelled <name>")
     m.add_argument("--out", required=True, help="output file: .npz or .pt")
     _common_runtime(m)
 
-    q = sub.add_parser("identify", help="nearest enrolled identities of query images")
+    q = command("identify", "the nearest enrolled identities of query images")
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--gallery", required=True, help="features written by `embed` (labelled)")
     q.add_argument("--query", required=True, nargs="+", help="image file(s) or folder(s)")
-    q.add_argument("--top-k", type=int, default=5)
+    q.add_argument("--top-k", type=int, default=5, help="identities to list per query")
     q.add_argument("--threshold", type=float, default=None,
                    help="below this cosine similarity the answer is 'unknown'")
     q.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -271,10 +274,9 @@ def _features(model: FaceNet, samples, image_size: int, args, device, autocast,
               with_logits: bool = False):
     loader = make_loader(ImageListDataset(samples, face_transforms(image_size, train=False)),
                          args.batch_size, False, args.workers, device)
-    channels_last = True
     return extract_features(model.embed, loader, device,
                             logits_fn=model.classifier if with_logits else None,
-                            autocast_dtype=autocast, channels_last=channels_last)
+                            autocast_dtype=autocast, channels_last=True)
 
 
 def gallery_samples(folders: FaceFolders, per_class: int):
@@ -472,6 +474,8 @@ def _images_with_labels(folder: Path) -> List[Tuple[Path, str]]:
     """Images under ``folder``; one inside ``folder/<name>/`` is labelled ``<name>``."""
     folder = Path(folder)
     if folder.is_file():
+        if not is_image_file(folder):
+            raise DataError(f"{folder} is not an image file")
         return [(folder, "")]
     if not folder.is_dir():
         raise DataError(f"{folder} is neither an image nor a folder")

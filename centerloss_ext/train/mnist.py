@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import CenterLoss
-from .common import (check_finite, check_same_config, environment, load_checkpoint,
+from .common import (HelpFormatter, check_finite, check_same_config, environment, load_checkpoint,
                      resolve_device, run_cli, save_checkpoint, seed_everything, write_json)
 from .data import DATASETS, ImageSplits, load_mnist_like, to_unit_range
 from .evaluate import (extract_features, intra_inter_ratio, knn_accuracy,
@@ -39,17 +39,16 @@ EVAL_BATCH = 1000
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="folder with the IDX files (Fashion-MNIST default: "
                         "/usr/share/datasets/fashion-mnist), or torchvision's root")
     p.add_argument("--download", action="store_true",
                    help="let torchvision download the data set into --data")
-    p.add_argument("--out", default="runs/mnist", help="output folder (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--out", default="runs/mnist", help="output folder")
+    p.add_argument("--epochs", type=int, default=12, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
@@ -58,9 +57,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    default=0.1, help="λ; 0 trains the softmax-only baseline (the centers "
                                      "are still tracked, for evaluation)")
     p.add_argument("--alpha", type=float, default=0.5, help="center learning rate α")
-    p.add_argument("--feature-dim", type=int, default=2)
+    p.add_argument("--feature-dim", type=int, default=2,
+                   help="width of the feature layer (2 as in the paper's plots; wider ones "
+                        "are plotted on their first two principal components)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     p.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt up to --epochs")
     p.add_argument("--limit-train", type=int, default=None, metavar="N",
