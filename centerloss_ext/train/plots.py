@@ -124,10 +124,12 @@ def roc_plot(path: Path, fpr: np.ndarray, tpr: np.ndarray, title: str) -> Path:
     """ROC curve with a logarithmic false-accept axis (where face verification lives)."""
     fig = Figure(figsize=(5, 4.5), dpi=90)
     ax = fig.add_subplot()
+    # log axis: fpr = 0 (no false accept yet) is drawn at the left edge
     positive = fpr > 0
-    ax.plot(fpr[positive], tpr[positive], lw=1.5)
+    left = max(min(fpr[positive].min() if positive.any() else 1.0, 1e-3), 1e-6)
+    ax.plot(np.maximum(fpr, left), tpr, lw=1.5)
     ax.set_xscale("log")
-    ax.set_xlim(max(fpr[positive].min() if positive.any() else 1e-4, 1e-6), 1.0)
+    ax.set_xlim(left, 1.0)
     ax.set_ylim(0.0, 1.01)
     ax.set_xlabel("false accept rate")
     ax.set_ylabel("true accept rate")
