@@ -99,13 +99,24 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> Dict[str, Any]:
     """Where a run ran, for metrics.json."""
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"cpu ({platform.processor() or platform.machine()})"),
+                   else f"cpu: {_cpu_name()}, {os.cpu_count()} cores"),
         "cpu_threads": torch.get_num_threads(),
     }
 
