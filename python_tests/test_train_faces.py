@@ -142,6 +142,19 @@ def test_val_uses_train_mapping(tmp_path):
     assert folders.class_names == ["alice", "bob", "carol"]
 
 
+def test_split_by_image_with_unseen_identities(tree, tmp_path):
+    # one folder per identity (train/ of the tree: 6 identities x 12 images)
+    counts = faces.main(["split", "--source", str(tree / "train"), "--out",
+                         str(tmp_path / "split"), "--val-fraction", "0.25",
+                         "--unseen-identities", "1"])
+    assert counts == {"train_images": 45, "val_images": 27, "unseen_identities": 1}
+    folders = load_face_folders(tmp_path / "split")
+    assert folders.num_classes == 5 and len(folders.val.unseen) == 1
+    assert len(folders.val.samples) == 27 and (folders.val.samples[0][0]).is_symlink()
+    with pytest.raises(SystemExit):                     # refuses to overwrite
+        faces.main(["split", "--source", str(tree / "train"), "--out", str(tmp_path / "split")])
+
+
 def test_malformed_folders_are_refused(tree, tmp_path, capsys):
     base = ["train", "--out", str(tmp_path / "out"), "--epochs", "1", *FAST]
     root = _copy(tree, tmp_path)

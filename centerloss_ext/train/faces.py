@@ -4,6 +4,7 @@
     centerloss-faces eval     --checkpoint runs/faces/checkpoint.pt --input-dir DIR
     centerloss-faces embed    --checkpoint CKPT --images FOLDER --out gallery.npz
     centerloss-faces identify --checkpoint CKPT --gallery gallery.npz --query face.jpg
+    centerloss-faces split    --source ALL --out DIR     # ALL/<identity>/ -> DIR/{train,val}
 
 DIR/train and DIR/val hold one folder per identity (torchvision's ImageFolder layout).
 val/ is labelled with train/'s identity numbering; identities only in val/ are used for
@@ -36,7 +37,7 @@ from .common import (DataError, HelpFormatter, TrainingError, check_finite, chec
                      load_checkpoint, resolve_device, run_cli, save_checkpoint,
                      seed_everything, write_json)
 from .data import (FaceFolders, ImageListDataset, face_transforms, is_image_file,
-                   list_images, load_face_folders)
+                   list_images, load_face_folders, split_identity_folder)
 from .evaluate import (extract_features, knn_accuracy, l2_normalize, nearest_center_accuracy,
                        pair_similarities, verification_metrics, verification_pairs)
 from .models import FACE_ARCHS, FaceNet
@@ -145,7 +146,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     q.add_argument("--json", action="store_true", help="print the results as JSON")
     _common_runtime(q)
 
+    s = command("split", "split one folder per identity into train/ and val/ (by image)")
+    s.add_argument("--source", required=True, help="folder with one subfolder per identity")
+    s.add_argument("--out", required=True, help="where train/ and val/ are made")
+    s.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of each identity's images for val/ (at least one, never "
+                        "its last)")
+    s.add_argument("--unseen-identities", type=int, default=0,
+                   help="identities put in val/ whole, never trained on")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--copy", action="store_true", help="copy the images (default: symlinks)")
+
     args = p.parse_args(argv)
+    if args.command == "split":
+        return args
     if args.command == "train":
         if args.lr is None:
             args.lr = 0.1 if args.optimizer == "sgd" else 1e-3
@@ -590,7 +604,17 @@ def cmd_identify(args: argparse.Namespace) -> List[Dict[str, Any]]:
     return results
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "identify": cmd_identify}
+def cmd_split(args: argparse.Namespace) -> Dict[str, int]:
+    counts = split_identity_folder(Path(args.source), Path(args.out), args.val_fraction,
+                                   args.unseen_identities, args.seed, args.copy)
+    print(f"wrote {args.out}/train ({counts['train_images']} images) and {args.out}/val "
+          f"({counts['val_images']} images, {counts['unseen_identities']} identities unseen "
+          "in train/)")
+    return counts
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "identify": cmd_identify,
+            "split": cmd_split}
 
 
 def main(argv: Optional[Sequence[str]] = None):
