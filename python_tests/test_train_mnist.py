@@ -145,12 +145,26 @@ def test_resume_continues_the_same_run(idx_dir, two_epochs, tmp_path, capsys):
 
 def test_softmax_only_baseline_still_tracks_centers(idx_dir, tmp_path):
     result = _run(idx_dir, tmp_path / "s", "--epochs", "1", "--center-loss-weight", "0",
-                  "--feature-dim", "3")
+                  "--feature-dim", "3", "--augment")
     assert result["final"]["train_center_loss"] > 0
     assert (tmp_path / "s" / "epochs" / "epoch_01.png").is_file()   # PCA-projected plot
     ckpt = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)
     assert ckpt["center_loss"]["centers"].shape == (10, 3)
     assert ckpt["center_loss"]["centers"].abs().sum() > 0
+
+
+def test_augment_batch_shifts_and_flips():
+    x = torch.full((64, 1, 28, 28), -1.0)
+    x[:, 0, 10:12, 5:9] = 1.0                                 # a bar left of the middle
+    g = torch.Generator().manual_seed(0)
+    out = mnist.augment_batch(x, g, flip=True)
+    assert out.shape == x.shape and out.min() == -1 and out.max() == 1
+    assert bool(((out == 1).sum(dim=(1, 2, 3)) == 8).all())   # shifted, never cut off
+    cols = (out == 1).nonzero()[:, 3]
+    assert cols.min() >= 3 and cols.max() <= 24                # left bar, or mirrored right
+    assert (cols > 14).any() and (cols < 14).any()             # some flipped, some not
+    plain = mnist.augment_batch(x, torch.Generator().manual_seed(0), flip=False)
+    assert ((plain == 1).nonzero()[:, 3] <= 10).all()
 
 
 def test_non_finite_loss_stops_with_a_message():

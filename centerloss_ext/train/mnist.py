@@ -33,7 +33,7 @@ from . import plots
 PROG = "centerloss-mnist"
 # options that define a run: resuming with other values would mix two runs
 RUN_KEYS = ("dataset", "feature_dim", "center_loss_weight", "alpha", "lr", "weight_decay",
-            "batch_size", "seed", "lr_schedule")
+            "batch_size", "seed", "lr_schedule", "augment")
 KNN_KS = (1, 5)
 EVAL_BATCH = 1000
 
@@ -53,6 +53,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="cosine: decay to 0 over --epochs (per epoch)")
+    p.add_argument("--augment", action="store_true",
+                   help="random shifts of up to 2 pixels, and horizontal flips for "
+                        "Fashion-MNIST (not for digits)")
     p.add_argument("--center-loss-weight", "--lambda", dest="center_loss_weight", type=float,
                    default=0.1, help="λ; 0 trains the softmax-only baseline (the centers "
                                      "are still tracked, for evaluation)")
@@ -82,6 +85,23 @@ def lr_at(args: argparse.Namespace, epoch: int) -> float:
     return args.lr
 
 
+def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool,
+                  shift: int = 2) -> torch.Tensor:
+    """Shifts each image by up to ``shift`` pixels (the border filled with the background,
+    -1) and, with ``flip``, mirrors half of them. x: (B, 1, H, W) on the CPU."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift), value=-1.0)
+    dy = torch.randint(0, 2 * shift + 1, (b, 1, 1), generator=generator)
+    dx = torch.randint(0, 2 * shift + 1, (b, 1, 1), generator=generator)
+    rows = dy + torch.arange(h).view(1, h, 1)
+    cols = dx + torch.arange(w).view(1, 1, w)
+    out = padded[torch.arange(b).view(b, 1, 1), 0, rows, cols].unsqueeze(1)
+    if flip:
+        mirror = torch.rand(b, generator=generator) < 0.5
+        out[mirror] = out[mirror].flip(-1)
+    return out
+
+
 def train_one_epoch(model: LeNetPlusPlus, center_loss: CenterLoss,
                     optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     labels: torch.Tensor, args: argparse.Namespace, epoch: int,
@@ -89,16 +109,19 @@ def train_one_epoch(model: LeNetPlusPlus, center_loss: CenterLoss,
     """One pass over the (in-memory) training set in a seeded order; epoch means."""
     model.train()
     center_loss.train()                        # alpha mode: the forward moves the centers
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(
-        args.seed * 100_003 + epoch))
+    generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+    order = torch.randperm(len(images), generator=generator)
+    flip = args.dataset == "fashion-mnist"
     steps = range(0, len(images), args.batch_size)
     bar = tqdm(steps, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", leave=False,
                disable=args.no_progress, dynamic_ncols=True)
     sums = {"loss": 0.0, "softmax": 0.0, "center": 0.0, "correct": 0, "seen": 0}
     for step, start in enumerate(bar):
         idx = order[start:start + args.batch_size]
-        x = images[idx].to(device, non_blocking=True).contiguous(
-            memory_format=torch.channels_last)
+        x = images[idx]
+        if args.augment:
+            x = augment_batch(x, generator, flip)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = labels[idx].to(device, non_blocking=True)
         features, logits = model(x)
         softmax = F.cross_entropy(logits, y)
