@@ -96,9 +96,7 @@ def _extension():
     if not with_cuda:
         return CppExtension("centerloss_ext._C", sources, extra_compile_args=extra,
                             extra_link_args=link)
-    extra["nvcc"] = opt + ["-lineinfo", "--expt-relaxed-constexpr"]
-    extra["cxx"] += ["-DCENTERLOSS_WITH_CUDA"]
-    extra["nvcc"] += ["-DCENTERLOSS_WITH_CUDA"]
+    extra["nvcc"] = opt + ["-lineinfo"]  # -lineinfo: profilers map back to source lines
     return CUDAExtension("centerloss_ext._C", sources + cuda_sources,
                          include_dirs=_nvidia_include_dirs(), extra_compile_args=extra,
                          extra_link_args=link)
