@@ -71,7 +71,7 @@ def test_cuda_matches_cpu(dtype, centers_dtype, reduction, mode, deterministic):
         _compare(cuda, cpu, coarser(dtype, centers_dtype, torch.float32), scale)
 
 
-@pytest.mark.parametrize("B, D, C", [(1, 1, 1), (63, 3, 7), (64, 4, 64), (65, 5, 2),
+@pytest.mark.parametrize("B, D, C", [(1, 1, 1), (10, 0, 3), (63, 3, 7), (64, 4, 64), (65, 5, 2),
                                      (1000, 2, 10), (100_000, 64, 1000),
                                      (4096, 8, 1_000_000), (100_000, 16, 1)])
 @pytest.mark.parametrize("deterministic", [False, True])

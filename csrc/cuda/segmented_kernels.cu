@@ -155,7 +155,7 @@ template <typename acc_t, typename Rows, typename Finish>
 void run_sorted(const at::Tensor& labels, int64_t D, Rows rows, Finish finish,
                 const unsigned long long* bad) {
   const int64_t B = labels.size(0);
-  if (B == 0) return;
+  if (B == 0 || D == 0) return;  // nothing to sum (and a zero grid dimension is an error)
   // Stable: within a class, rows keep index order (the CPU's order too).
   auto [sorted, order] = at::sort(labels.to(at::kLong), std::optional<bool>(true), /*dim=*/0,
                                   /*descending=*/false);
