@@ -10,12 +10,14 @@ same concatenated batch. No center crosses the wire, and the result is exactly t
 single-process update on the concatenation of all ranks' batches.
 
 The exchange goes through ``torch.distributed`` collectives (gloo on the CPU, NCCL on the
-GPU), as three all-gathers: a 4-number header per rank (a flag saying its inputs are
-good, batch size, width, dtype), then the features (in their own dtype, padded to the
-largest batch of the step), then the labels (as int64). The header lets ranks with
-different batch sizes (the last batch, or an empty one) take part, and lets a rank with
-bad input make every rank raise, rather than leave the others waiting in a collective it
-will never join, or worse, pair their collectives with its next step's.
+GPU), as two all-gathers: a 4-number header per rank (a flag saying its inputs are good,
+batch size, width, dtype), then the batch, one byte row per sample holding its int64
+label and its features in their own dtype, padded to the largest batch of the step (one
+collective rather than one for features and one for labels: on small batches the cost is
+the latency of each). The header lets ranks with different batch sizes (the last batch,
+or an empty one) take part, and lets a rank with bad input make every rank raise, rather
+than leave the others waiting in a collective it will never join, or worse, pair their
+collectives with its next step's.
 
 Every rank must also start from the same centers: CenterLoss broadcasts those of the
 group's first rank on its first synced step and on the first after ``load_state_dict``,
@@ -79,12 +81,24 @@ def _gather_rows(send: torch.Tensor, group) -> torch.Tensor:
     return out
 
 
-def _padded(t: torch.Tensor, rows: int) -> torch.Tensor:
-    if t.shape[0] == rows:
-        return t.contiguous()
-    out = t.new_zeros((rows,) + tuple(t.shape[1:]))
-    out[:t.shape[0]] = t
-    return out
+def _pack(features: torch.Tensor, labels: torch.Tensor, rows: int) -> torch.Tensor:
+    """One byte row per sample, ``rows`` rows (the step's largest batch; the rows past B are
+    padding, never read): the label as int64, then the features in their own dtype, the
+    width rounded up to 8 bytes so that both can be viewed in place on arrival."""
+    batch, dim = features.shape
+    width = dim * features.dtype.itemsize
+    buf = torch.empty(rows, 8 + -(-width // 8) * 8, dtype=torch.uint8, device=features.device)
+    buf[:batch, :8] = labels.to(torch.int64).unsqueeze(1).view(torch.uint8)
+    buf[:batch, 8:8 + width] = features.contiguous().view(torch.uint8)
+    return buf
+
+
+def _unpack(buf: torch.Tensor, dim: int, dtype: torch.dtype
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The features and labels of gathered rows, as views (the features' rows strided:
+    the update kernels take any strides)."""
+    width = dim * dtype.itemsize
+    return buf[:, 8:8 + width].view(dtype), buf[:, :8].view(torch.int64).squeeze(1)
 
 
 def _exchange_headers(header: List[int], device: torch.device, group) -> List[List[int]]:
@@ -128,12 +142,10 @@ def _gather(features: torch.Tensor, labels: torch.Tensor, centers: Optional[torc
     rows = max(sizes)
     if rows == 0:  # every rank's batch is empty: nothing to exchange
         return features.new_empty(0, features.shape[1]), labels.new_empty(0, dtype=torch.int64)
-    x = _gather_rows(_padded(features.detach(), rows), group)
-    y = _gather_rows(_padded(labels.to(torch.int64), rows), group)
-    if all(n == rows for n in sizes):
-        return x, y
-    keep = [slice(r * rows, r * rows + n) for r, n in enumerate(sizes) if n]
-    return torch.cat([x[s] for s in keep]), torch.cat([y[s] for s in keep])
+    gathered = _gather_rows(_pack(features.detach(), labels, rows), group)
+    if any(n != rows for n in sizes):  # drop the padding rows
+        gathered = torch.cat([gathered[r * rows:r * rows + n] for r, n in enumerate(sizes) if n])
+    return _unpack(gathered, features.shape[1], features.dtype)
 
 
 def announce_failure(device: torch.device, group) -> None:
@@ -159,11 +171,13 @@ def all_gather_batch(features: torch.Tensor, labels: torch.Tensor,
         ``(features, labels)``: (ΣB, D) in the features' dtype and (ΣB,) int64, on the
         features' device.
 
-    Exchanged per call: a header of 4 int64 per rank, then max_B rows per rank of D feature
-    elements and one int64 label (max_B: the largest batch of the call; smaller batches
-    are padded to it). Nothing depends on the number of classes.
+    Exchanged per call: a header of 4 int64 per rank, then max_B rows per rank of one
+    int64 label and D feature elements (rounded up to 8 bytes), max_B being the largest
+    batch of the call (smaller batches are padded to it). Nothing depends on the number of
+    classes.
     """
-    return _gather(features.detach(), labels, None, group)
+    x, y = _gather(features.detach(), labels, None, group)
+    return x.contiguous(), y.contiguous()  # own storage, not views of the byte buffer
 
 
 # --- the ops CenterLoss calls ---------------------------------------------------------------

@@ -189,6 +189,7 @@ def world_of_one(tmp_path):
                             world_size=1, timeout=timedelta(seconds=30))
     yield
     dist.destroy_process_group()
+    torch._dynamo.reset()  # no compiled graph that assumed a group outlives it
 
 
 def test_world_of_one_traces_fullgraph_and_updates_like_one_process(world_of_one):
