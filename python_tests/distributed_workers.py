@@ -202,9 +202,12 @@ def _main_world3(rank, world, device):
 
 
 def _compiled_world2(rank, world, device):
-    crit = _new("compiled")
-    fn = torch.compile(crit, fullgraph=True, backend="aot_eager")
-    return {"steps": _train(crit, rank, STEPS[2][:3], fn=fn)}
+    res = {}
+    for backend in ("aot_eager", "inductor"):
+        crit = _new("compiled")
+        fn = torch.compile(crit, fullgraph=True, backend=backend)
+        res[backend] = _train(crit, rank, STEPS[2][:3], fn=fn)
+    return res
 
 
 def _nccl(rank, world, device):
