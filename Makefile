@@ -23,9 +23,12 @@ $(VENV)/.deps: requirements.txt requirements-dev.txt
 system-deps:
 	scripts/system_deps.sh
 
-# --no-build-isolation: the extension must compile against the torch in the venv
+# Builds the extension in place (incremental: ninja keeps build/ between runs) and puts
+# the source tree on the venv's path, as `pip install --no-build-isolation -e .` would
+# but without its full rebuild in a temporary folder every time.
 build: $(VENV)/.deps
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) setup.py -q build_ext --inplace
+	$(PY) -c 'import site, os; open(os.path.join(site.getsitepackages()[0], "centerloss_ext_dev.pth"), "w").write(os.getcwd() + "\n")'
 	$(PY) -m centerloss_ext
 
 pytest: build

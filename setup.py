@@ -64,10 +64,9 @@ def _with_cuda(cuda_sources: list) -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
-def _write_build_info(with_cuda: bool, archs: str) -> None:
+def _build_info(with_cuda: bool, archs: str) -> str:
     # Read at import: a torch other than the one built against must not load _C.
-    path = os.path.join(ROOT, "centerloss_ext", "_build_info.py")
-    text = (
+    return (
         "# Written by setup.py at build time; do not edit.\n"
         f"VERSION = {VERSION!r}\n"
         f"TORCH_VERSION = {torch.__version__!r}\n"
@@ -75,8 +74,20 @@ def _write_build_info(with_cuda: bool, archs: str) -> None:
         f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
         f"CUDA_ARCHS = {(archs if with_cuda else None)!r}\n"
     )
-    with open(path, "w") as f:
-        f.write(text)
+
+
+class BuildExt(BuildExtension):
+    """torch's BuildExtension, which also writes _build_info.py next to the built _C
+    (the source package for in-place and editable builds, build/lib for wheels), so
+    the two always describe the same build."""
+
+    build_info = ""
+
+    def run(self):
+        super().run()
+        folder = os.path.dirname(self.get_ext_fullpath("centerloss_ext._C"))
+        with open(os.path.join(folder, "_build_info.py"), "w") as f:
+            f.write(self.build_info)
 
 
 def _extension():
@@ -92,13 +103,11 @@ def _extension():
     extra = {"cxx": opt + ["-fopenmp", "-Wall"]}
     link = ["-fopenmp"]
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS) if with_cuda else ""
-    _write_build_info(with_cuda, archs)
+    BuildExt.build_info = _build_info(with_cuda, archs)
     if not with_cuda:
         return CppExtension("centerloss_ext._C", sources, extra_compile_args=extra,
                             extra_link_args=link)
-    extra["nvcc"] = opt + ["-lineinfo", "--expt-relaxed-constexpr"]
-    extra["cxx"] += ["-DCENTERLOSS_WITH_CUDA"]
-    extra["nvcc"] += ["-DCENTERLOSS_WITH_CUDA"]
+    extra["nvcc"] = opt + ["-lineinfo"]  # -lineinfo: profilers map back to source lines
     return CUDAExtension("centerloss_ext._C", sources + cuda_sources,
                          include_dirs=_nvidia_include_dirs(), extra_compile_args=extra,
                          extra_link_args=link)
@@ -110,7 +119,7 @@ setup(
     description="Fused C++/CUDA Center Loss (Wen et al., ECCV 2016) for PyTorch",
     packages=find_packages(include=["centerloss_ext", "centerloss_ext.*"]),
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExt},
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
     # the training scripts (centerloss_ext.train) also need torchvision, numpy, matplotlib,

@@ -13,7 +13,8 @@ _load()
 
 from ._build_info import VERSION as __version__  # noqa: E402
 from .module import CenterLoss  # noqa: E402
-from .ops import center_loss, center_loss_and_update_, update_centers_  # noqa: E402
+from .ops import (center_loss, center_loss_and_update_, set_cuda_label_check,  # noqa: E402
+                  update_centers_)
 
 __all__ = ["CenterLoss", "center_loss", "center_loss_and_update_", "update_centers_",
-           "__version__"]
+           "set_cuda_label_check", "__version__"]

@@ -138,6 +138,19 @@ def center_loss_and_update_(features: torch.Tensor, labels: torch.Tensor,
                                      _needs_diff(features, centers))
 
 
+def set_cuda_label_check(enabled: bool) -> bool:
+    """Whether the CUDA kernels raise ``IndexError`` on a label outside ``[0, C)``.
+
+    On (the default) each CUDA call reads one flag back from the device: one host sync.
+    Off, no sync; a bad label still never touches memory outside the tensors: the
+    loss comes out NaN and the centers stay as they were, silently. (The CPU always
+    checks: it costs nothing there.) Returns the previous setting.
+    """
+    from . import _C
+
+    return _C.set_cuda_label_check(bool(enabled))
+
+
 def update_centers_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
                     alpha: float, *, deterministic: Optional[bool] = None) -> torch.Tensor:
     """The paper's center update (eq. 4) in place, without computing the loss.

@@ -7,8 +7,9 @@ index_add), never forming a B × C distance matrix or a C × D buffer per step.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -47,15 +48,36 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
     return total.to(out_dtype)
 
 
+@contextlib.contextmanager
+def _deterministic_algorithms(on: bool) -> Iterator[None]:
+    """torch.use_deterministic_algorithms(True) for the block, when ``on`` and not already."""
+    if not on or torch.are_deterministic_algorithms_enabled() or torch.compiler.is_compiling():
+        yield
+        return
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False, warn_only=warn_only)
+
+
 @torch.no_grad()
 def update_centers_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
                     alpha: float, *, deterministic: Optional[bool] = None) -> torch.Tensor:
-    """See :func:`centerloss_ext.update_centers_` (``deterministic`` is accepted for the
-    same signature; index_add follows torch.use_deterministic_algorithms)."""
+    """See :func:`centerloss_ext.update_centers_`. index_add follows
+    torch.use_deterministic_algorithms; ``deterministic=True`` turns that on for the call
+    (it matters on CUDA only: on the CPU index_add sums in index order)."""
     check_alpha(alpha)
     _check(features, labels, centers)
     if features.shape[0] == 0:
         return centers
+    with _deterministic_algorithms(bool(deterministic) and centers.is_cuda):
+        return _update(centers, features, labels, alpha)
+
+
+def _update(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+            alpha: float) -> torch.Tensor:
     diff = _diff(features, labels, centers)
     finite = torch.isfinite(diff).all(1)
     classes, slot = torch.unique(labels, return_inverse=True)

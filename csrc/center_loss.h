@@ -26,6 +26,15 @@ void check_alpha(double alpha);
 template <typename index_t>
 void check_label_range_host(const index_t* labels, int64_t n, int64_t num_classes);
 
+// The IndexError for labels[index] = value outside [0, num_classes), on every device.
+[[noreturn]] void throw_bad_label(int64_t index, int64_t value, int64_t num_classes);
+
+// Whether the CUDA kernels report a bad label as an exception, which costs one host
+// sync per call (see README). Off, bad labels still never touch memory or centers: the
+// loss turns NaN and the centers stay as they were. Returns the previous setting.
+bool set_cuda_label_check(bool enabled);
+bool cuda_label_check_enabled();
+
 // The loss dtype: the features' dtype, or float32 for 16-bit features.
 at::ScalarType loss_dtype(at::ScalarType features_dtype);
 
@@ -40,5 +49,10 @@ std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(
 // Checks the backward ops' inputs: grad_loss matches the reduction, diff is (B, D).
 void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,
                            Reduction reduction);
+
+// ... and for backward_centers: labels (B,) of an integer dtype, num_classes >= 0.
+void check_backward_centers_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,
+                                   const at::Tensor& labels, Reduction reduction,
+                                   int64_t num_classes);
 
 }  // namespace centerloss

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cmath>
 
 namespace centerloss {
@@ -56,15 +57,26 @@ void check_alpha(double alpha) {
                     "alpha must be a finite number in [0, 1]; got ", alpha);
 }
 
+void throw_bad_label(int64_t index, int64_t value, int64_t num_classes) {
+  TORCH_CHECK_INDEX(false, "labels must be in [0, num_classes) = [0, ", num_classes,
+                    "); got labels[", index, "] = ", value);
+  __builtin_unreachable();
+}
+
 template <typename index_t>
 void check_label_range_host(const index_t* labels, int64_t n, int64_t num_classes) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t y = static_cast<int64_t>(labels[i]);
-    TORCH_CHECK_INDEX(y >= 0 && y < num_classes,
-                      "labels must be in [0, num_classes) = [0, ", num_classes,
-                      "); got labels[", i, "] = ", y);
+    if (y < 0 || y >= num_classes) throw_bad_label(i, y, num_classes);
   }
 }
+
+namespace {
+std::atomic<bool> g_cuda_label_check{true};
+}
+
+bool set_cuda_label_check(bool enabled) { return g_cuda_label_check.exchange(enabled); }
+bool cuda_label_check_enabled() { return g_cuda_label_check.load(); }
 template void check_label_range_host<int32_t>(const int32_t*, int64_t, int64_t);
 template void check_label_range_host<int64_t>(const int64_t*, int64_t, int64_t);
 
@@ -104,6 +116,21 @@ void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,
   TORCH_CHECK(grad_loss.device() == diff.device(),
               "grad_loss and diff must be on the same device; got ", grad_loss.device(),
               " and ", diff.device());
+}
+
+void check_backward_centers_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,
+                                   const at::Tensor& labels, Reduction reduction,
+                                   int64_t num_classes) {
+  check_backward_inputs(grad_loss, diff, reduction);
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
+                   "labels must be an integer tensor (int64 or int32) of class indices; got ",
+                   labels.scalar_type());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == diff.size(0),
+                    "labels must have shape (", diff.size(0), ",); got ", labels.sizes());
+  TORCH_CHECK(labels.device() == diff.device(),
+              "labels and diff must be on the same device; got ", labels.device(), " and ",
+              diff.device());
+  TORCH_CHECK_VALUE(num_classes >= 0, "num_classes must be >= 0; got ", num_classes);
 }
 
 }  // namespace centerloss

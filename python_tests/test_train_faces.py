@@ -47,7 +47,6 @@ def _error(capsys, argv) -> str:
     return capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_train_eval_embed_identify(tree, trained, tmp_path):
     out, result = trained
     for name in ("checkpoint.pt", "metrics.json", "curves.png", "roc.png"):
@@ -103,7 +102,6 @@ def test_train_eval_embed_identify(tree, trained, tmp_path):
     assert all(r["identity"] is None for r in unknown)
 
 
-@pytest.mark.slow
 def test_resume_after_an_interruption_matches_a_straight_run(tree, tmp_path, monkeypatch):
     args = ["--input-dir", str(tree), "--epochs", "2", "--eval-every", "2", *FAST]
     faces.main(["train", "--out", str(tmp_path / "a"), *args])

@@ -290,10 +290,7 @@ at::Tensor backward_centers_cpu(const at::Tensor& grad_loss, const at::Tensor& d
                                 int64_t num_classes, at::ScalarType centers_dtype,
                                 bool /*deterministic*/) {
   const Reduction red = to_reduction(reduction);
-  check_backward_inputs(grad_loss, diff, red);
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == diff.size(0),
-                    "labels must have shape (", diff.size(0), ",); got ", labels.sizes());
-  TORCH_CHECK_VALUE(num_classes >= 0, "num_classes must be >= 0; got ", num_classes);
+  check_backward_centers_inputs(grad_loss, diff, labels, red, num_classes);
   at::Tensor d = diff.contiguous();
   at::Tensor y = checked_labels(labels, num_classes);
   const int64_t B = d.size(0), D = d.size(1);

@@ -1,0 +1,58 @@
+// d loss / d features = d_i * s_i: one scaled copy of the saved diff rows.
+#include "kernels.h"
+
+#include <ATen/Dispatch.h>
+
+namespace centerloss {
+namespace cuda {
+namespace {
+
+template <typename scalar_t, typename g_t>
+__global__ void __launch_bounds__(kBlock)
+    grad_features_kernel(const scalar_t* __restrict__ diff, GradScale<g_t> g,
+                         scalar_t* __restrict__ out, int64_t B, int64_t D, bool vec) {
+  using acc_t = acc_type<scalar_t, scalar_t>;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+       row < B; row += warps) {
+    const acc_t s = g.template operator()<acc_t>(row);
+    const scalar_t* dr = diff + row * D;
+    scalar_t* orow = out + row * D;
+    if (vec) {
+      for (int64_t k = lane * 4; k < D; k += 4 * kWarp) {
+        acc_t v[4];
+        load4(dr + k, v);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[i] *= s;
+        store4(orow + k, v);
+      }
+    } else {
+      for (int64_t k = lane; k < D; k += kWarp)
+        orow[k] = static_cast<scalar_t>(static_cast<acc_t>(dr[k]) * s);
+    }
+  }
+}
+
+}  // namespace
+
+void launch_grad_features(const at::Tensor& grad_loss, const at::Tensor& diff,
+                          Reduction reduction, at::Tensor& out) {
+  const int64_t B = diff.size(0), D = diff.size(1);
+  if (B == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const bool none = reduction == Reduction::None;
+  const double inv_b = reduction == Reduction::Mean ? 1.0 / static_cast<double>(B) : 1.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_grad_x", [&] {
+    using g_t = loss_type<scalar_t>;
+    const GradScale<g_t> g{grad_loss.const_data_ptr<g_t>(), none ? grad_loss.stride(0) : 0, inv_b};
+    const bool vec = D % 4 == 0 && aligned4(diff.const_data_ptr(), sizeof(scalar_t)) &&
+                     aligned4(out.const_data_ptr(), sizeof(scalar_t));
+    grad_features_kernel<scalar_t, g_t><<<row_blocks(B), kBlock, 0, stream>>>(
+        diff.const_data_ptr<scalar_t>(), g, out.data_ptr<scalar_t>(), B, D, vec);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace cuda
+}  // namespace centerloss
