@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         f"softmax + {args.center_loss_weight:g}·center loss (α={args.alpha:g})"
     print(f"{PROG}: LeNet++ ({args.feature_dim}-D features), {tag}, {args.dataset} "
           f"({len(train_images)} train / {len(test_images)} test) on {device}, "
-          f"{args.epochs} epochs -> {out}")
+          f"{args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {out}")
     for epoch in range(start_epoch, args.epochs):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(args, epoch)
