@@ -204,3 +204,35 @@ def test_face_backbones(arch, size, flat):
         features, logits = model(torch.zeros(2, 3, size, size))
     assert features.shape == (2, 16) and logits.shape == (2, 4)
     assert model.classifier.bias is None
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_two_ranks(tree, tmp_path):
+    """torchrun --nproc-per-node 2 on the CPU (gloo): DDP model, centers synced (the
+    script checks the ranks agree every epoch), rank 0 alone logs and saves; then a
+    resume on two ranks."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "centerloss_ext.train.faces", "train", "--input-dir", str(tree),
+           "--out", str(out), "--epochs", "2", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("epoch 2/2") == 1          # rank 0 logs, once
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["environment"]["world_size"] == 2
+    assert metrics["final"]["val_knn1_acc"] > 0.5
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["world_size"] == 2 and ckpt["epoch"] == 2
+
+    resumed = subprocess.run(cmd[:-len(FAST) - 2] + ["--epochs", "3", *FAST, "--resume"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode != 0 and "--epochs 2" in resumed.stderr  # a changed run refused
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout

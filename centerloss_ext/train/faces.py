@@ -28,11 +28,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .. import CenterLoss
-from . import plots
+from . import ddp, plots
 from .common import (DataError, HelpFormatter, TrainingError, check_finite, check_same_config, environment,
                      load_checkpoint, resolve_device, run_cli, save_checkpoint,
                      seed_everything, write_json)
@@ -225,11 +225,13 @@ def build_training(args: argparse.Namespace, num_classes: int, steps_per_epoch: 
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device,
-                generator: Optional[torch.Generator] = None, drop_last: bool = False) -> DataLoader:
-    """One place for loaders (a distributed version passes a DistributedSampler here)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=drop_last,
-                      generator=generator, persistent_workers=False)
+                generator: Optional[torch.Generator] = None, drop_last: bool = False,
+                sampler: Optional[DistributedSampler] = None) -> DataLoader:
+    """One place for loaders; under torchrun a DistributedSampler gives each rank its share
+    (and does the shuffling)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      drop_last=drop_last, generator=generator, persistent_workers=False)
 
 
 # ------------------------------------------------------------------ training
@@ -237,9 +239,11 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: t
 def train_one_epoch(model: FaceNet, center_loss: CenterLoss, optimizer, scheduler, scaler,
                     loader: DataLoader, args: argparse.Namespace, epoch: int,
                     device: torch.device, autocast: Optional[torch.dtype],
-                    show_progress: bool = True) -> Dict[str, float]:
-    """One pass over ``loader``; returns epoch means. Stops with NonFiniteLossError as
-    soon as the loss is not finite."""
+                    show_progress: bool = True, ranks: ddp.Ranks = ddp.Ranks()
+                    ) -> Dict[str, float]:
+    """One pass over ``loader``; returns epoch means (over every rank's share under
+    torchrun). Stops with NonFiniteLossError as soon as the loss is not finite, on
+    every rank at once."""
     model.train()
     center_loss.train()                          # alpha mode: the forward moves the centers
     sums = {"loss": 0.0, "softmax": 0.0, "center": 0.0, "correct": 0, "seen": 0}
@@ -255,9 +259,11 @@ def train_one_epoch(model: FaceNet, center_loss: CenterLoss, optimizer, schedule
         softmax = F.cross_entropy(logits.float(), y)
         center = center_loss(features.float(), y)
         loss = softmax + args.center_loss_weight * center
-        value = check_finite(loss, epoch, step, {"softmax": softmax, "center": center},
-                             hint="Lower --lr or --center-loss-weight, keep --clip-grad-norm "
-                                  "and the warm-up on, and check the images.")
+        # the mean over the ranks: a non-finite loss anywhere stops every rank together
+        check_finite(ddp.mean_over_ranks(loss, ranks), epoch, step,
+                     {"softmax": softmax, "center": center},
+                     hint="Lower --lr or --center-loss-weight, keep --clip-grad-norm "
+                          "and the warm-up on, and check the images.")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if args.clip_grad_norm > 0:
@@ -267,7 +273,7 @@ def train_one_epoch(model: FaceNet, center_loss: CenterLoss, optimizer, schedule
         scaler.update()
         scheduler.step()
         n = len(y)
-        sums["loss"] += value * n
+        sums["loss"] += loss.item() * n
         sums["softmax"] += softmax.item() * n
         sums["center"] += center.item() * n
         sums["correct"] += int((logits.argmax(1) == y).sum())
@@ -276,6 +282,8 @@ def train_one_epoch(model: FaceNet, center_loss: CenterLoss, optimizer, schedule
                         acc=f"{sums['correct'] / sums['seen']:.4f}",
                         lr=f"{optimizer.param_groups[0]['lr']:.3g}", refresh=False)
     bar.close()
+    keys = ("loss", "softmax", "center", "correct", "seen")
+    sums.update(zip(keys, ddp.sum_over_ranks([sums[k] for k in keys], ranks, device)))
     seen = max(sums["seen"], 1)
     return {"train_loss": sums["loss"] / seen, "train_softmax_loss": sums["softmax"] / seen,
             "train_center_loss": sums["center"] / seen, "train_acc": sums["correct"] / seen,
@@ -356,7 +364,18 @@ def _summary(metrics: Dict[str, Any]) -> str:
 # ------------------------------------------------------------------ commands
 
 def cmd_train(args: argparse.Namespace) -> Dict[str, Any]:
-    device = resolve_device(args.device)
+    """Trains on DIR/train, evaluates on DIR/val. Under torchrun every rank trains on its
+    share of train/ (DDP for the model, CenterLoss syncing the centers); rank 0 logs,
+    evaluates and saves."""
+    ranks, device = ddp.setup(args.device)
+    try:
+        return _train(args, ranks, device)
+    finally:
+        ddp.cleanup(ranks)
+
+
+def _train(args: argparse.Namespace, ranks: ddp.Ranks, device: torch.device) -> Dict[str, Any]:
+    log = print if ranks.main else (lambda *a, **k: None)
     autocast = amp_dtype(args.amp, device)
     seed_everything(args.seed)
     out = Path(args.out)
@@ -365,53 +384,67 @@ def cmd_train(args: argparse.Namespace) -> Dict[str, Any]:
     folders = load_face_folders(Path(args.input_dir), args.num_classes,
                                 class_names=ckpt["class_names"] if ckpt else None)
     if folders.val.unseen:
-        print(f"val/: {len(folders.val.unseen)} "
+        log(f"val/: {len(folders.val.unseen)} "
               f"{'identity' if len(folders.val.unseen) == 1 else 'identities'} not in train/ "
               f"({', '.join(folders.val.unseen[:5])}{', ...' if len(folders.val.unseen) > 5 else ''})"
               ": used for verification only")
-    out.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
     train_set = ImageListDataset(folders.train.samples,
                                  face_transforms(args.image_size, train=True, augment=args.augment))
     generator = torch.Generator()
+    sampler = (DistributedSampler(train_set, ranks.world, ranks.rank, shuffle=True,
+                                  seed=args.seed) if ranks.distributed else None)
+    share = len(sampler) if sampler else len(train_set)
     # drop_last: a last batch of one would break BatchNorm's batch statistics
     loader = make_loader(train_set, args.batch_size, True, args.workers, device, generator,
-                         drop_last=len(train_set) > args.batch_size)
-    model, center_loss, optimizer, scheduler = build_training(args, folders.num_classes,
-                                                              len(loader), device)
+                         drop_last=share > args.batch_size, sampler=sampler)
+    net, center_loss, optimizer, scheduler = build_training(args, folders.num_classes,
+                                                            len(loader), device)
+    model = ddp.wrap(net, ranks, device)     # `net` is the bare model: saved, evaluated
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
     config = {k: getattr(args, k) for k in RUN_KEYS}
     config["epochs"] = args.epochs
+    config["world_size"] = ranks.world       # --batch-size is per rank
     history: List[Dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
     if ckpt is not None:
-        check_same_config(ckpt["config"], config, RUN_KEYS + ("epochs",), ckpt_path)
-        model.load_state_dict(ckpt["model"])
+        check_same_config(ckpt["config"], config, RUN_KEYS + ("epochs", "world_size"),
+                          ckpt_path)
+        net.load_state_dict(ckpt["model"])
         center_loss.load_state_dict(ckpt["center_loss"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, history, elapsed = ckpt["epoch"], ckpt["history"], ckpt["train_seconds"]
-        print(f"resuming {ckpt_path} after epoch {start_epoch}")
+        log(f"resuming {ckpt_path} after epoch {start_epoch}")
     elif ckpt_path.exists():
-        print(f"note: starting afresh; {ckpt_path} will be overwritten (--resume continues it)")
-    print(f"{PROG}: {args.arch} ({args.image_size}px, {args.feature_dim}-D), "
+        log(f"note: starting afresh; {ckpt_path} will be overwritten (--resume continues it)")
+    log(f"{PROG}: {args.arch} ({args.image_size}px, {args.feature_dim}-D), "
           f"{folders.num_classes} identities, {len(train_set)} train / "
           f"{len(folders.val.samples)} val images, λ={args.center_loss_weight:g}, "
           f"{args.optimizer} lr {args.lr:g}, on {device}"
+          f"{f' x {ranks.world} ranks' if ranks.distributed else ''}"
           f"{f' with {autocast}'.replace('torch.', '') if autocast else ''} -> {out}")
     metrics: Dict[str, Any] = {}
     for epoch in range(start_epoch, args.epochs):
         epoch_seed = args.seed * 100_003 + epoch      # same order and augmentations on resume
-        torch.manual_seed(epoch_seed)
+        torch.manual_seed(epoch_seed + ranks.rank)   # each rank its own augmentations
         generator.manual_seed(epoch_seed)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         row: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(model, center_loss, optimizer, scheduler, scaler, loader,
-                                   args, epoch, device, autocast))
+                                   args, epoch, device, autocast, ranks.main, ranks))
+        ddp.check_same_centers(center_loss.centers, ranks)
         elapsed += time.perf_counter() - t0
         row["train_seconds"] = round(elapsed, 1)
+        if not ranks.main:                   # rank 0 evaluates and saves
+            ddp.barrier(ranks)
+            continue
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            metrics, roc = evaluate(model, center_loss, folders, args.image_size, args,
+            metrics, roc = evaluate(net, center_loss, folders, args.image_size, args,
                                     device, autocast)
             row.update(metrics)
             if roc is not None:
@@ -425,23 +458,27 @@ def cmd_train(args: argparse.Namespace) -> Dict[str, Any]:
             "kind": CHECKPOINT_KIND, "config": config, "epoch": epoch + 1,
             "model_config": {k: getattr(args, k) for k in MODEL_KEYS},
             "class_names": folders.class_names, "history": history, "train_seconds": elapsed,
-            "model": model.state_dict(), "center_loss": center_loss.state_dict(),
+            "model": net.state_dict(), "center_loss": center_loss.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
         })
-        write_json(out / "metrics.json", _train_metrics(args, folders, device, history))
+        write_json(out / "metrics.json", _train_metrics(args, folders, device, history, ranks))
+        ddp.barrier(ranks)
+    if not ranks.main:
+        return {}
     plots.training_curves(out / "curves.png", history,
                           accuracy_keys=("train_acc", "val_knn1_acc", "val_softmax_acc",
                                          "val_roc_auc"))
-    result = _train_metrics(args, folders, device, history)
+    result = _train_metrics(args, folders, device, history, ranks)
     write_json(out / "metrics.json", result)
     print(f"wrote {out}/: checkpoint.pt, metrics.json, curves.png, roc.png")
     return result
 
 
-def _train_metrics(args, folders: FaceFolders, device, history) -> Dict[str, Any]:
+def _train_metrics(args, folders: FaceFolders, device, history,
+                   ranks: ddp.Ranks) -> Dict[str, Any]:
     evaluated = [h for h in history if "val_images" in h]
-    return {"config": vars(args), "environment": environment(device),
+    return {"config": vars(args), "environment": {**environment(device), "world_size": ranks.world},
             "identities": folders.num_classes, "unseen_val_identities": folders.val.unseen,
             "final": evaluated[-1] if evaluated else None, "history": history}
 
