@@ -161,17 +161,17 @@ def plot(path: Path, reports: List[ShapeReport], title: str) -> None:
                     (r for r in rep.results if r.variant == name), None)
                 t = _median(res, "step")
                 if t is not None:
-                    pts.append((rep.shape.B, t))
+                    pts.append((rep.shape.B, t * 1e3))
             if pts:
                 style = ":" if name == "features.sum()" else "-"
                 ax.plot(*zip(*pts), style, marker="o", label=name)
         floors = [(rep.shape.B, rep.floor_s) for rep in group if rep.floor_s]
         if floors:
-            ax.plot(*zip(*floors), "k--", label="floor")
+            ax.plot(*zip(*[(b, f * 1e3) for b, f in floors]), "k--", label="floor")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("batch size B")
-        ax.set_ylabel("step time (s)")
+        ax.set_ylabel("step time (ms)")
         ax.set_title(f"D={D:,}  C={C:,}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)

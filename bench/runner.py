@@ -24,7 +24,7 @@ from .variants import Problem, Step, Variant
 @dataclass
 class Settings:
     min_run_time: float = 1.0   # seconds of timed runs per variant (at least)
-    min_runs: int = 5           # timed calls per variant (at least)
+    min_runs: int = 10          # timed blocks per variant (at least; a block: >= 1 call)
     warmup: int = 3             # untimed steps after the check
     budget: float = 60.0        # seconds a variant may take in all; slower: "too slow"
     cuda_graphs: bool = True
@@ -134,13 +134,14 @@ def _measure(step: Step, problem: Problem, settings: Settings, result: Result,
 
     # One step's time, for the budget: the first call's, unless it compiled.
     estimate = timed_call() if first_call_includes_compile else result.first_call_s
-    if estimate * (settings.warmup + settings.min_runs) > settings.budget:
+    warmup = settings.warmup if estimate < 0.1 else 1  # a slow step warms up in one go
+    if estimate * (warmup + settings.min_runs + 1) > settings.budget:
         result.status = "too slow"
         result.note = (f"one step takes about {estimate:.2f} s; warm-up and "
                        f"{settings.min_runs} timed runs would exceed the "
                        f"{settings.budget:.0f} s budget")
         return
-    for _ in range(settings.warmup):
+    for _ in range(warmup):
         estimate = min(estimate, timed_call())
     result.step = time_fn(one, problem.device, settings.min_run_time, settings.min_runs,
                           estimate)
@@ -162,6 +163,8 @@ def _graph(step: Step, problem: Problem, settings: Settings, result: Result) -> 
     try:
         graph = capture_cuda_graph(lambda: step(x, y))
     except Exception as e:  # noqa: BLE001 - "n/a (why)" and go on
+        while e.__context__ is not None:  # the capture's end re-raises; say what broke it
+            e = e.__context__
         result.graph_note = f"n/a ({_first_line(e, 100)})"
         try:
             torch.cuda.synchronize()

@@ -1,19 +1,20 @@
-"""Timers: torch.utils.benchmark on the CPU, CUDA events on the GPU, and CUDA-graph capture.
+"""Timers: timeit blocks on the CPU, CUDA events on the GPU, and CUDA-graph capture.
 
 Both timers run the function in blocks of several calls, enough that the timer's own
-overhead is negligible, and report the median and the spread over the blocks' per-call
-times. Warm-up is the caller's job (compilation, caches, allocator), then each timer
-warms up again briefly.
+overhead is negligible, at least ``min_runs`` blocks, and report the median and the
+quartiles of the blocks' per-call times. Warm-up (compilation, caches, allocator) is
+the caller's job.
 """
 from __future__ import annotations
 
 import math
 import statistics
+import time
+import timeit
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
-from torch.utils import benchmark
 
 
 @dataclass
@@ -54,23 +55,29 @@ def stats_from_times(times: List[float], per_block: int, method: str) -> Stats:
                  method=method, times=list(times))
 
 
-def time_cpu(fn: Callable[[], object], min_run_time: float, min_runs: int = 5,
-             estimate: Optional[float] = None) -> Stats:
-    """torch.utils.benchmark's blocked_autorange at the current thread count; runs for at
-    least ``min_run_time`` seconds and ``min_runs`` calls (``estimate``: seconds per call,
-    to stretch the run for slow functions)."""
-    if estimate:
-        min_run_time = max(min_run_time, min_runs * estimate)
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn},
-                            num_threads=torch.get_num_threads())
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    return stats_from_times(list(m.times), m.number_per_run,
-                            f"torch.utils.benchmark blocked_autorange, "
-                            f"{torch.get_num_threads()} threads")
+def plan_blocks(estimate: float, min_run_time: float, min_runs: int, block_time: float,
+                max_blocks: int = 1000) -> Tuple[int, int]:
+    """(calls per block, blocks): blocks of at least ``block_time`` seconds (timer overhead
+    negligible), at least ``min_runs`` blocks, at least ``min_run_time`` seconds in all."""
+    estimate = max(estimate, 1e-7)
+    per_block = max(1, min(10_000, math.ceil(block_time / estimate)))
+    blocks = math.ceil(min_run_time / (per_block * estimate))
+    return per_block, max(min_runs, min(max_blocks, blocks))
 
 
-def time_cuda(fn: Callable[[], object], min_run_time: float, min_runs: int = 5,
-              min_blocks: int = 10, max_blocks: int = 200, block_time: float = 2e-3,
+def time_cpu(fn: Callable[[], object], estimate: float, min_run_time: float,
+             min_runs: int = 10) -> Stats:
+    """Blocks of calls timed by the standard library's timeit (perf_counter, garbage
+    collection off during a block, as torch.utils.benchmark does; its Timer.timeit would
+    add a warm-up to every block) at the current thread count."""
+    threads = torch.get_num_threads()
+    timer = timeit.Timer(fn)
+    per_block, blocks = plan_blocks(estimate, min_run_time, min_runs, block_time=10e-3)
+    times = [timer.timeit(per_block) / per_block for _ in range(blocks)]
+    return stats_from_times(times, per_block, f"timeit blocks, {threads} torch threads")
+
+
+def time_cuda(fn: Callable[[], object], min_run_time: float, min_runs: int = 10,
               warmup: int = 3) -> Stats:
     """CUDA events around blocks of calls on the current stream. Blocks are queued back to
     back and read after one final synchronize, so a launch-bound function is timed at its
@@ -82,10 +89,8 @@ def time_cuda(fn: Callable[[], object], min_run_time: float, min_runs: int = 5,
     fn()
     end.record()
     end.synchronize()
-    estimate = max(start.elapsed_time(end) / 1e3, 1e-7)
-    per_block = max(1, min(1000, math.ceil(block_time / estimate)))
-    blocks = math.ceil(max(min_run_time, min_runs * estimate) / (per_block * estimate))
-    blocks = max(min_blocks, min(max_blocks, blocks))
+    per_block, blocks = plan_blocks(start.elapsed_time(end) / 1e3, min_run_time, min_runs,
+                                    block_time=2e-3, max_blocks=300)
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(blocks)]
     for s, e in events:
@@ -98,12 +103,18 @@ def time_cuda(fn: Callable[[], object], min_run_time: float, min_runs: int = 5,
     return stats_from_times(times, per_block, "CUDA events")
 
 
-def time_fn(fn: Callable[[], object], device: str, min_run_time: float, min_runs: int = 5,
+def time_fn(fn: Callable[[], object], device: str, min_run_time: float, min_runs: int = 10,
             estimate: Optional[float] = None) -> Stats:
-    """The right timer for ``device``."""
+    """The right timer for ``device``; on the CPU, ``estimate`` (seconds per call, from the
+    caller's warm-up) sizes the blocks, and a missing one is measured."""
     if torch.device(device).type == "cuda":
         return time_cuda(fn, min_run_time, min_runs)
-    return time_cpu(fn, min_run_time, min_runs, estimate)
+    if estimate is None:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        estimate = time.perf_counter() - t0
+    return time_cpu(fn, estimate, min_run_time, min_runs)
 
 
 def capture_cuda_graph(fn: Callable[[], object], warmup: int = 3) -> "torch.cuda.CUDAGraph":

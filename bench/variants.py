@@ -85,7 +85,7 @@ class AlphaStep(Step):
     update = "alpha"
 
     def __init__(self, module: nn.Module, problem: Problem, compile: bool) -> None:
-        self.module = module.to(problem.device).train()
+        self.module = module.train()
         with torch.no_grad():
             self.module.centers.copy_(problem.centers0)
         self.centers = self.module.centers
@@ -104,7 +104,7 @@ class SGDStep(Step):
     update = "sgd"
 
     def __init__(self, module: nn.Module, problem: Problem, compile: bool) -> None:
-        self.module = module.to(problem.device)
+        self.module = module
         with torch.no_grad():
             self.module.centers.copy_(problem.centers0)
         self.centers = self.module.centers
@@ -152,7 +152,8 @@ def _dm_bytes(s: Shape) -> int:
 
 
 def _alpha(cls, compile: bool) -> Callable[[Problem], Step]:
-    return lambda p: AlphaStep(cls(p.shape.C, p.shape.D, alpha=ALPHA), p, compile)
+    return lambda p: AlphaStep(cls(p.shape.C, p.shape.D, alpha=ALPHA, device=p.device), p,
+                               compile)
 
 
 BASELINE = Variant("features.sum()", lambda p: SumStep())
@@ -163,7 +164,8 @@ VARIANTS: List[Variant] = [
     Variant("reference", _alpha(reference.CenterLoss, False)),
     Variant("reference compiled", _alpha(reference.CenterLoss, True), compiled=True),
     Variant("distance matrix",
-            lambda p: SGDStep(DistanceMatrixCenterLoss(p.shape.C, p.shape.D), p, False),
+            lambda p: SGDStep(DistanceMatrixCenterLoss(p.shape.C, p.shape.D, device=p.device),
+                              p, False),
             working_bytes=_dm_bytes),
 ]
 BY_NAME: Dict[str, Variant] = {v.name: v for v in [BASELINE, *VARIANTS]}

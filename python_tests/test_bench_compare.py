@@ -12,7 +12,7 @@ from bench import checks, compare, report
 from bench.floor import floor_seconds, measure_floor, step_bytes
 from bench.runner import Settings, run_variant
 from bench.shapes import Shape, parse_shapes
-from bench.timing import stats_from_times
+from bench.timing import plan_blocks, stats_from_times
 from bench.variants import BASELINE, VARIANTS, AlphaStep, Problem, Variant
 from centerloss_ext import reference
 
@@ -128,6 +128,13 @@ def test_stats_quartiles():
     assert stats_from_times([7.0], 1, "t").iqr == 0
 
 
+def test_block_plan():
+    # 50 µs calls: 10 ms blocks of 200 calls, 1 s in all
+    assert plan_blocks(50e-6, min_run_time=1.0, min_runs=10, block_time=10e-3) == (200, 100)
+    # 2 s calls: one per block, at least min_runs blocks
+    assert plan_blocks(2.0, min_run_time=1.0, min_runs=10, block_time=10e-3) == (1, 10)
+
+
 def test_parse_shapes():
     assert [s.B for s in parse_shapes("mnist", "cpu")] == [128, 512, 2048]
     assert parse_shapes("bandwidth", "cpu") == []
@@ -177,3 +184,18 @@ def test_script_exits_nonzero_on_a_wrong_answer(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "VARIANTS", [VARIANTS[0], wrong])
     assert compare.main(["--device", "cpu", "--shapes", "64x4x5", "--min-run-time", "0.01",
                          "--out", str(tmp_path)]) == 1
+
+
+@pytest.mark.cuda
+def test_cuda_graph_figure_or_reason_and_the_run_goes_on():
+    p = Problem.make(Shape(48, 6, 5), "cuda", torch.float32, num_batches=2)
+    want = checks.expected(p)
+    base = run_variant(BASELINE, p, None, FAST)
+    assert base.status == "ok" and base.graph is not None and base.graph.median > 0
+    for variant in (v for v in VARIANTS if not v.compiled):
+        result = run_variant(variant, p, want, FAST)
+        assert result.status == "ok", (variant.name, result.note)
+        assert (result.graph is None) == result.graph_note.startswith("n/a ("), variant.name
+        if variant.name == "reference":  # reads label values on the host: no capture
+            assert result.graph is None
+        assert result.peak_bytes > 0
