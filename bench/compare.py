@@ -13,7 +13,8 @@ of many runs), its loss's own cost computed (the step minus the same step with
 features.sum() as the loss), its peak memory measured and, on the GPU, its CUDA-graph
 replay timed and its time compared with the floor (bench/floor.py).
 
-Writes under --out: compare.json (every figure, device, versions) and compare.png.
+Writes under --out: compare.json (every figure, device, versions), compare.md (the
+tables in Markdown, for bench/RESULTS.md) and compare.png (time vs. batch size).
 Exits with 1 when a variant gave a wrong answer (FAILED) or crashed; OOM and "too slow"
 are reported, not errors.
 """
@@ -220,10 +221,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(report.table(rep, device == "cuda") + "\n")
     json_path, png_path = args.out / "compare.json", args.out / "compare.png"
     report.write_json(json_path, meta, reports)
+    (args.out / "compare.md").write_text(report.markdown(reports, device == "cuda"))
     report.plot(png_path, reports, f"{device}: {meta['machine'].get('gpu') or meta['machine']['cpu']}"
                 f", {args.dtype}")
     print(_load_line(meta["load_average_end"], "after the run (this run included)"))
-    print(f"wrote {json_path} and {png_path} ({meta['wall_s']:.0f} s)")
+    print(f"wrote {json_path}, compare.md and {png_path.name} ({meta['wall_s']:.0f} s)")
     # OOM, too slow and skipped are answers; a wrong result or a crash is not.
     bad = [f"{rep.shape.label} {r.variant}: {r.status}" for rep in reports
            for r in [rep.baseline, *rep.results] if r.status in ("FAILED", "error")]

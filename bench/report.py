@@ -90,24 +90,32 @@ def _fmt_x(v: Optional[float]) -> str:
 
 
 def _fmt_mib(n: Optional[int]) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f}"
+    if n is None:
+        return "-"
+    return f"{n / 2**20:.1f}" if n >= 2**20 else f"{n / 2**20:.3f}"
 
 
-def table(report: ShapeReport, on_cuda: bool) -> str:
-    """The block of the stdout table for one shape."""
-    head = [f"{report.shape.label}  ({report.classes_in_batch:,} classes in the batch)"]
+def _head(report: ShapeReport, on_cuda: bool) -> List[str]:
     b = report.baseline
-    head.append(f"  baseline step (features.sum() as the loss): "
-                f"{fmt_time(_median(b, 'step'))}"
-                + (f", CUDA graph {fmt_time(_median(b, 'graph'))}" if on_cuda else "")
-                + ("" if b.status == "ok" else f"  [{b.status}: {b.note}]"))
+    head = [f"baseline step (features.sum() as the loss): {fmt_time(_median(b, 'step'))}"
+            + (f", CUDA graph {fmt_time(_median(b, 'graph'))}" if on_cuda else "")
+            + ("" if b.status == "ok" else f" [{b.status}: {b.note}]")]
     if report.floor_s:
-        head.append(f"  floor: {report.step_bytes / 1e6:.1f} MB at the copy bandwidth "
+        head.append(f"floor: {report.step_bytes / 1e6:.1f} MB at the copy bandwidth "
                     f"+ one launch = {fmt_time(report.floor_s)}")
+    return head
+
+
+def _columns(on_cuda: bool) -> List[str]:
     cols = ["variant", "step", "±IQR/2", "loss cost", "peak MiB", "speedup step",
             "speedup loss"]
     if on_cuda:
         cols[4:4] = ["CUDA graph", "× floor"]
+    return cols
+
+
+def _rows(report: ShapeReport, on_cuda: bool) -> List[List[str]]:
+    """One row per variant; a variant that was not timed gets [name, "status: note"]."""
     rows = []
     for r in report.results:
         d = report.derived.get(r.variant, {})
@@ -121,19 +129,45 @@ def table(report: ShapeReport, on_cuda: bool) -> str:
             graph = fmt_time(r.graph.median) if r.graph else ("n/a" if r.graph_note else "-")
             row[4:4] = [graph, _fmt_x(d.get("x_floor"))]
         rows.append(row)
+    return rows
+
+
+def _notes(report: ShapeReport) -> List[str]:
+    return [f"CUDA graph of {r.variant}: {r.graph_note}" for r in report.results
+            if r.status == "ok" and r.graph_note]
+
+
+def table(report: ShapeReport, on_cuda: bool) -> str:
+    """The block of the stdout table for one shape."""
+    cols, rows = _columns(on_cuda), _rows(report, on_cuda)
     widths = [max(len(c), *(len(row[i]) for row in rows if len(row) == len(cols)))
               for i, c in enumerate(cols)]
-    lines = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                              for i, (c, w) in enumerate(zip(cols, widths)))]
-    for row in rows:
-        if len(row) != len(cols):  # a status line: FAILED, OOM, ...
-            lines.append("  " + row[0].ljust(widths[0]) + "  " + row[1])
-        else:
-            lines.append("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
-                                          for i, (v, w) in enumerate(zip(row, widths))))
-    lines += [f"  CUDA graph of {r.variant}: {r.graph_note}" for r in report.results
-              if r.status == "ok" and r.graph_note]
-    return "\n".join(head + lines)
+
+    def line(cells: List[str]) -> str:
+        if len(cells) != len(cols):  # a status line: FAILED, OOM, ...
+            return "  " + cells[0].ljust(widths[0]) + "  " + cells[1]
+        return "  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                                for i, (v, w) in enumerate(zip(cells, widths)))
+
+    title = f"{report.shape.label}  ({report.classes_in_batch:,} classes in the batch)"
+    return "\n".join([title, *("  " + h for h in _head(report, on_cuda)), line(cols),
+                      *map(line, rows), *("  " + n for n in _notes(report))])
+
+
+def markdown(reports: List[ShapeReport], on_cuda: bool) -> str:
+    """The same tables in Markdown, for bench/RESULTS.md."""
+    cols = _columns(on_cuda)
+    out = []
+    for rep in reports:
+        out.append(f"**{rep.shape.label}** ({rep.classes_in_batch:,} classes in the batch); "
+                   + "; ".join(_head(rep, on_cuda)) + "\n")
+        out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|")
+        for row in _rows(rep, on_cuda):
+            row = row + [""] * (len(cols) - len(row))
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+        out += ["", *(f"- {n}" for n in _notes(rep)), ""]
+    return "\n".join(out)
 
 
 def write_json(path: Path, meta: dict, reports: List[ShapeReport]) -> None:

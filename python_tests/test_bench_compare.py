@@ -177,6 +177,7 @@ def test_script_end_to_end(tmp_path, capsys):
             v.name for v in VARIANTS if not v.compiled}
         assert all(v["status"] == "ok" for v in shape["variants"])
     assert (out / "compare.png").stat().st_size > 10_000
+    assert "| distance matrix |" in (out / "compare.md").read_text()
 
 
 def test_script_exits_nonzero_on_a_wrong_answer(tmp_path, monkeypatch):
