@@ -40,7 +40,7 @@ from tqdm import tqdm  # noqa: E402
 
 from bench import checks, report  # noqa: E402
 from bench.floor import DeviceFloor, measure_floor, step_bytes  # noqa: E402
-from bench.runner import Result, Settings, run_variant  # noqa: E402
+from bench.runner import Result, Settings, describe_failure, run_variant  # noqa: E402
 from bench.shapes import QUICK, Shape, parse_shapes  # noqa: E402
 from bench.variants import BASELINE, VARIANTS, Problem, Variant  # noqa: E402
 
@@ -148,22 +148,23 @@ def run_shape(shape: Shape, variants: List[Variant], device: str, dtype: torch.d
     try:
         problem = Problem.make(shape, device, dtype, num_batches)
         want = checks.expected(problem)
-    except Exception as e:  # noqa: BLE001 - inputs too big for this device, say so
-        failed = [Result(v.name, status="OOM" if "memory" in str(e) else "error",
-                         note=f"inputs: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-                  for v in variants]
-        progress.update(len(variants) + 1)
-        return report.ShapeReport(shape, Result(BASELINE.name, "error", "inputs"), failed, 0, 0)
+    except Exception as e:  # noqa: BLE001 - inputs too big for this device: say so, go on
+        status, note = describe_failure(e)
+        failed = [Result(v.name, status, f"making the inputs: {note}")
+                  for v in [BASELINE, *variants]]
+        progress.update(len(failed))
+        return report.ShapeReport(shape, failed[0], failed[1:], 0, 0)
     results = []
     for variant in [BASELINE, *variants]:
         progress.set_postfix_str(f"{shape.label}: {variant.name}")
         results.append(run_variant(variant, problem, None if variant is BASELINE else want,
                                    settings))
         progress.update(1)
-    nbytes = step_bytes(shape.B, shape.D, problem.classes_in_batch(), dtype.itemsize,
+    classes = problem.classes_in_batch()
+    nbytes = step_bytes(shape.B, shape.D, classes, dtype.itemsize,
                         problem.centers0.element_size())
-    rep = report.ShapeReport(shape, results[0], results[1:], problem.classes_in_batch(),
-                             nbytes, floor.seconds(nbytes) if floor else None)
+    rep = report.ShapeReport(shape, results[0], results[1:], classes, nbytes,
+                             floor.seconds(nbytes) if floor else None)
     rep.compute()
     return rep
 
@@ -177,6 +178,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.exit("--device cuda: no CUDA device visible to torch")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.batches < 1:
+        sys.exit("--batches must be at least 1")
     dtype = DTYPES[args.dtype]
     if args.shapes:
         shapes = parse_shapes(args.shapes, device)
@@ -222,8 +225,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     json_path, png_path = args.out / "compare.json", args.out / "compare.png"
     report.write_json(json_path, meta, reports)
     (args.out / "compare.md").write_text(report.markdown(reports, device == "cuda"))
-    report.plot(png_path, reports, f"{device}: {meta['machine'].get('gpu') or meta['machine']['cpu']}"
-                f", {args.dtype}")
+    where = meta["machine"].get("gpu") or meta["machine"]["cpu"]
+    report.plot(png_path, reports, f"{device}: {where}, features {args.dtype}")
     print(_load_line(meta["load_average_end"], "after the run (this run included)"))
     print(f"wrote {json_path}, compare.md and {png_path.name} ({meta['wall_s']:.0f} s)")
     # OOM, too slow and skipped are answers; a wrong result or a crash is not.

@@ -11,7 +11,7 @@ import gc
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -54,6 +54,11 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or (
         isinstance(e, RuntimeError) and ("out of memory" in str(e)
                                          or "not enough memory" in str(e)))
+
+
+def describe_failure(e: BaseException) -> Tuple[str, str]:
+    """(status, note) for an exception: "OOM" or "error", and its first line."""
+    return ("OOM" if _is_oom(e) else "error"), _first_line(e)
 
 
 def _first_line(e: BaseException, limit: int = 160) -> str:
@@ -108,8 +113,7 @@ def run_variant(variant: Variant, problem: Problem, want: Optional[checks.Expect
                 return result
         _measure(step, problem, settings, result, variant.compiled)
     except Exception as e:  # noqa: BLE001 - every failure is reported, and the run goes on
-        result.status = "OOM" if _is_oom(e) else "error"
-        result.note = _first_line(e)
+        result.status, result.note = describe_failure(e)
     finally:
         del step
         gc.collect()
