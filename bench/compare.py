@@ -70,6 +70,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="seconds of timed runs per variant (default 1, quick 0.3)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds one variant may take at most (default 60, quick 20)")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="measure nothing: print the tables of a saved compare.json and "
+                        "write its compare.md and compare.png under --out")
     p.add_argument("--batches", type=int, default=4,
                    help="random batches the timed steps rotate through")
     return p.parse_args(argv)
@@ -145,6 +148,7 @@ def _load_line(load: Optional[tuple], when: str) -> str:
 def run_shape(shape: Shape, variants: List[Variant], device: str, dtype: torch.dtype,
               settings: Settings, num_batches: int, floor: Optional[DeviceFloor],
               progress: tqdm) -> report.ShapeReport:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     try:
         problem = Problem.make(shape, device, dtype, num_batches)
         want = checks.expected(problem)
@@ -164,13 +168,43 @@ def run_shape(shape: Shape, variants: List[Variant], device: str, dtype: torch.d
     nbytes = step_bytes(shape.B, shape.D, classes, dtype.itemsize,
                         problem.centers0.element_size())
     rep = report.ShapeReport(shape, results[0], results[1:], classes, nbytes,
-                             floor.seconds(nbytes) if floor else None)
+                             floor.seconds(nbytes) if floor else None, load)
     rep.compute()
     return rep
 
 
+def write_outputs(meta: dict, reports: List[report.ShapeReport], out: Path) -> None:
+    """The stdout tables, compare.md and compare.png of a run."""
+    on_cuda = meta["machine"]["device"] == "cuda"
+    print("\nMedian time of one training step (forward + backward + center update); "
+          "loss cost = step − baseline;\nspeedup = the variant's time / centerloss_ext's "
+          "(how many times faster centerloss_ext is).\n")
+    for rep in reports:
+        print(report.table(rep, on_cuda) + "\n")
+    (out / "compare.md").write_text(report.markdown(reports, on_cuda))
+    where = meta["machine"].get("gpu") or meta["machine"]["cpu"]
+    report.plot(out / "compare.png", reports,
+                f"{meta['machine']['device']}: {where}, features {meta['dtype']}")
+
+
+def exit_code(reports: List[report.ShapeReport]) -> int:
+    """1 when a variant gave a wrong answer or crashed."""
+    # OOM, too slow and skipped are answers; a wrong result or a crash is not.
+    bad = [f"{rep.shape.label} {r.variant}: {r.status}" for rep in reports
+           for r in [rep.baseline, *rep.results] if r.status in ("FAILED", "error")]
+    if bad:
+        print("FAILED or broken variants:\n  " + "\n  ".join(bad))
+        return 1
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        meta, reports = report.read_json(args.render)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_outputs(meta, reports, args.out)
+        return exit_code(reports)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -217,25 +251,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     meta["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta["wall_s"] = time.perf_counter() - started
-    print("\nMedian time of one training step (forward + backward + center update); "
-          "loss cost = step − baseline;\nspeedup = the variant's time / centerloss_ext's "
-          "(how many times faster centerloss_ext is).\n")
-    for rep in reports:
-        print(report.table(rep, device == "cuda") + "\n")
-    json_path, png_path = args.out / "compare.json", args.out / "compare.png"
-    report.write_json(json_path, meta, reports)
-    (args.out / "compare.md").write_text(report.markdown(reports, device == "cuda"))
-    where = meta["machine"].get("gpu") or meta["machine"]["cpu"]
-    report.plot(png_path, reports, f"{device}: {where}, features {args.dtype}")
+    report.write_json(args.out / "compare.json", meta, reports)
+    write_outputs(meta, reports, args.out)
     print(_load_line(meta["load_average_end"], "after the run (this run included)"))
-    print(f"wrote {json_path}, compare.md and {png_path.name} ({meta['wall_s']:.0f} s)")
-    # OOM, too slow and skipped are answers; a wrong result or a crash is not.
-    bad = [f"{rep.shape.label} {r.variant}: {r.status}" for rep in reports
-           for r in [rep.baseline, *rep.results] if r.status in ("FAILED", "error")]
-    if bad:
-        print("FAILED or broken variants:\n  " + "\n  ".join(bad))
-        return 1
-    return 0
+    print(f"wrote compare.json, compare.md and compare.png under {args.out} "
+          f"({meta['wall_s']:.0f} s)")
+    return exit_code(reports)
 
 
 if __name__ == "__main__":

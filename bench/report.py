@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .runner import Result
 from .shapes import Shape
@@ -28,6 +28,7 @@ class ShapeReport:
     classes_in_batch: int
     step_bytes: int
     floor_s: Optional[float] = None
+    load_average: Optional[tuple] = None  # 1, 5, 15 min, when the shape started
     derived: Dict[str, dict] = field(default_factory=dict)
 
     def compute(self) -> None:
@@ -53,7 +54,8 @@ class ShapeReport:
         s = self.shape
         return {"B": s.B, "D": s.D, "C": s.C, "group": s.group,
                 "classes_in_batch": self.classes_in_batch, "floor_bytes": self.step_bytes,
-                "floor_s": self.floor_s, "baseline": self.baseline.as_dict(),
+                "floor_s": self.floor_s, "load_average": self.load_average,
+                "baseline": self.baseline.as_dict(),
                 "variants": [{**r.as_dict(), **self.derived.get(r.variant, {})}
                              for r in self.results]}
 
@@ -175,16 +177,33 @@ def write_json(path: Path, meta: dict, reports: List[ShapeReport]) -> None:
                                indent=1, default=str) + "\n")
 
 
+def read_json(path: Path) -> Tuple[dict, List[ShapeReport]]:
+    """A run written by :func:`write_json`: (meta, reports), derived figures recomputed."""
+    data = json.loads(Path(path).read_text())
+    reports = []
+    for s in data.pop("shapes"):
+        rep = ShapeReport(Shape(s["B"], s["D"], s["C"], s["group"]),
+                          Result.from_dict(s["baseline"]),
+                          [Result.from_dict(v) for v in s["variants"]],
+                          s["classes_in_batch"], s["floor_bytes"], s["floor_s"],
+                          s.get("load_average"))
+        rep.compute()
+        reports.append(rep)
+    return data, reports
+
+
 def plot(path: Path, reports: List[ShapeReport], title: str) -> None:
     """Step time versus batch size, one panel per (D, C), one line per variant, log axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     panels: Dict[tuple, List[ShapeReport]] = {}
     for r in reports:
         panels.setdefault((r.shape.D, r.shape.C), []).append(r)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 2.0, 4.2),
+                             squeeze=False)
     for ax, ((D, C), group) in zip(axes[0], panels.items()):
         group.sort(key=lambda r: r.shape.B)
         names = [r.variant for r in group[0].results]
@@ -204,12 +223,24 @@ def plot(path: Path, reports: List[ShapeReport], title: str) -> None:
             ax.plot(*zip(*[(b, f * 1e3) for b, f in floors]), "k--", label="floor")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        batch_sizes = sorted({rep.shape.B for rep in group})
+        ax.set_xticks(batch_sizes, [f"{b:,}" for b in batch_sizes])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size B")
         ax.set_ylabel("step time (ms)")
         ax.set_title(f"D={D:,}  C={C:,}")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles, labels = {}, []
+    for ax in axes[0]:  # one legend for every panel, outside the plots
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = h
+                labels.append(label)
+    fig.legend([handles[lb] for lb in labels], labels, loc="center right", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -49,6 +49,13 @@ class Result:
                 "cuda_graph_note": self.graph_note, "peak_bytes": self.peak_bytes,
                 "first_call_s": self.first_call_s, "check_errors": self.errors}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Result":
+        """The inverse of :meth:`as_dict`."""
+        return cls(d["variant"], d["status"], d["note"], Stats.from_dict(d["step"]),
+                   Stats.from_dict(d["cuda_graph"]), d["cuda_graph_note"], d["peak_bytes"],
+                   d["first_call_s"], d["check_errors"])
+
 
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or (

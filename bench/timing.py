@@ -11,7 +11,7 @@ import math
 import statistics
 import time
 import timeit
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -40,6 +40,11 @@ class Stats:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "iqr": self.iqr, "runs": self.runs}
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> Optional["Stats"]:
+        """The inverse of :meth:`as_dict` (None stays None)."""
+        return None if d is None else cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 def stats_from_times(times: List[float], per_block: int, method: str) -> Stats:

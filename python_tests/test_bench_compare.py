@@ -178,6 +178,10 @@ def test_script_end_to_end(tmp_path, capsys):
         assert all(v["status"] == "ok" for v in shape["variants"])
     assert (out / "compare.png").stat().st_size > 10_000
     assert "| distance matrix |" in (out / "compare.md").read_text()
+    # --render redraws a saved run without measuring: the same tables
+    again = tmp_path / "again"
+    assert compare.main(["--render", str(out / "compare.json"), "--out", str(again)]) == 0
+    assert (again / "compare.md").read_text() == (out / "compare.md").read_text()
 
 
 def test_script_exits_nonzero_on_a_wrong_answer(tmp_path, monkeypatch):
