@@ -131,7 +131,8 @@ def machine_info(device: str) -> dict:
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_bytes=props.total_memory,
-                    cuda=torch.version.cuda)
+                    cuda=torch.version.cuda,
+                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     return info
 
 
