@@ -2,6 +2,7 @@
 # .venv, built on first use.
 #   make demo    the main job: trains LeNet++ with center loss on Fashion-MNIST (CPU)
 #   make test    every test: the Python suite and the C++ unit tests
+#   make bench   bench/compare.py over the full grid (bench-quick: the short CI run)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -45,6 +46,13 @@ cpp-test: build system-deps
 	PYTHON=$(PY) scripts/cpp_tests.sh
 
 test: pytest cpp-test
+
+# The benchmark of bench/RESULTS.md; the device is CUDA when one is visible.
+bench: build
+	$(PY) bench/compare.py --out build/bench
+
+bench-quick: build
+	$(PY) bench/compare.py --quick --out build/bench-quick
 
 clean:
 	rm -rf build centerloss_ext/_C*.so centerloss_ext/_build_info.py *.egg-info
