@@ -29,16 +29,26 @@ def _check(features, labels, centers) -> None:
 
 
 def _diff(features, labels, centers) -> torch.Tensor:
-    acc = acc_dtype(features.dtype, centers.dtype)
-    return features.to(acc) - centers.index_select(0, labels).to(acc)
+    return _diff_rows(features, centers.index_select(0, labels))
 
 
-def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
-                reduction: str = "mean") -> torch.Tensor:
-    """See :func:`centerloss_ext.center_loss`."""
+def _diff_rows(features, center_rows) -> torch.Tensor:
+    acc = acc_dtype(features.dtype, center_rows.dtype)
+    return features.to(acc) - center_rows.to(acc)
+
+
+@torch.compiler.disable
+def _rows_outside_graph(centers: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # Under torch.compile the loss graph may save its cheapest inputs for backward and
+    # recompute from them; were the centers among them, the in-place update that follows
+    # would invalidate them ("modified by an inplace operation"). Gathered here, in eager
+    # mode, the rows are the graph's input instead, and the update never touches them.
+    return centers.index_select(0, labels)
+
+
+def _loss(features, center_rows, reduction: str) -> torch.Tensor:
     red = reduction_code(reduction)
-    _check(features, labels, centers)
-    per_sample = 0.5 * _diff(features, labels, centers).square().sum(1)
+    per_sample = 0.5 * _diff_rows(features, center_rows).square().sum(1)
     out_dtype = loss_dtype(features.dtype)
     if red == 0:
         return per_sample.to(out_dtype)
@@ -46,6 +56,13 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
     if red == 1:
         total = total / max(features.shape[0], 1)
     return total.to(out_dtype)
+
+
+def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
+                reduction: str = "mean") -> torch.Tensor:
+    """See :func:`centerloss_ext.center_loss`."""
+    _check(features, labels, centers)
+    return _loss(features, centers.index_select(0, labels), reduction)
 
 
 @contextlib.contextmanager
@@ -96,7 +113,8 @@ def center_loss_and_update_(features: torch.Tensor, labels: torch.Tensor,
     if centers.requires_grad:
         raise ValueError("centers must not require grad when updated by the alpha rule; "
                          "use center_update='optimizer' to learn them by gradient")
-    loss = center_loss(features, labels, centers, reduction)
+    _check(features, labels, centers)
+    loss = _loss(features, _rows_outside_graph(centers, labels), reduction)
     update_centers_(centers, features.detach(), labels, alpha)
     return loss
 

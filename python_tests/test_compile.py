@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from centerloss_ext import CenterLoss
+from centerloss_ext import CenterLoss, reference
 from helpers import make_batch
 
 
@@ -64,3 +64,15 @@ def test_compiled_model_with_center_loss_has_no_graph_break(device):
     explanation = torch._dynamo.explain(step)(torch.randn(16, 8, device=device),
                                               torch.arange(16, device=device) % 5)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_compiled_reference_training_steps_match_eager():
+    # the alpha update must not invalidate what the compiled loss saved for backward
+    torch._dynamo.reset()
+    eager = reference.CenterLoss(5, 6)
+    compiled = reference.CenterLoss(5, 6)
+    fn = torch.compile(compiled)  # inductor: its partitioner picks what backward saves
+    for (le, ge, ce), (lc, gc, cc) in zip(_run(eager, 3, "cpu"), _run(compiled, 3, "cpu", fn)):
+        torch.testing.assert_close(lc, le)
+        torch.testing.assert_close(gc, ge)
+        torch.testing.assert_close(cc, ce)
