@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench import checks, report  # noqa: E402
+from centerloss_ext.train.common import cpu_name  # noqa: E402
 from bench.floor import DeviceFloor, measure_floor, step_bytes  # noqa: E402
 from bench.runner import Result, Settings, describe_failure, run_variant  # noqa: E402
 from bench.shapes import QUICK, Shape, parse_shapes  # noqa: E402
@@ -101,17 +102,6 @@ def _git_commit() -> Optional[str]:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: str) -> dict:
     from centerloss_ext.__main__ import build_facts
 
@@ -122,7 +112,7 @@ def machine_info(device: str) -> dict:
         "device": device,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,

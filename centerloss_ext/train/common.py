@@ -99,7 +99,8 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for the record of a run."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -116,7 +117,7 @@ def environment(device: torch.device) -> Dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"cpu: {_cpu_name()}, {os.cpu_count()} cores"),
+                   else f"cpu: {cpu_name()}, {os.cpu_count()} cores"),
         "cpu_threads": torch.get_num_threads(),
     }
 

@@ -421,11 +421,11 @@ def _train(args: argparse.Namespace, ranks: ddp.Ranks, device: torch.device) -> 
     elif ckpt_path.exists():
         log(f"note: starting afresh; {ckpt_path} will be overwritten (--resume continues it)")
     log(f"{PROG}: {args.arch} ({args.image_size}px, {args.feature_dim}-D), "
-          f"{folders.num_classes} identities, {len(train_set)} train / "
-          f"{len(folders.val.samples)} val images, λ={args.center_loss_weight:g}, "
-          f"{args.optimizer} lr {args.lr:g}, on {device}"
-          f"{f' x {ranks.world} ranks' if ranks.distributed else ''}"
-          f"{f' with {autocast}'.replace('torch.', '') if autocast else ''} -> {out}")
+        f"{folders.num_classes} identities, {len(train_set)} train / "
+        f"{len(folders.val.samples)} val images, λ={args.center_loss_weight:g}, "
+        f"{args.optimizer} lr {args.lr:g}, on {device}"
+        f"{f' x {ranks.world} ranks' if ranks.distributed else ''}"
+        f"{f' with {autocast}'.replace('torch.', '') if autocast else ''} -> {out}")
     metrics: Dict[str, Any] = {}
     for epoch in range(start_epoch, args.epochs):
         epoch_seed = args.seed * 100_003 + epoch      # same order and augmentations on resume
