@@ -13,6 +13,7 @@ Helpers, importable on their own:
     plots      feature scatter with centers, curves, GIF, ROC (matplotlib, Agg backend)
     common     seeding, devices, checkpoints, the non-finite-loss guard
     synthetic  a tiny generated face-like ImageFolder for tests and smoke runs
+    ddp        torchrun: process group, DDP wrapping, rank-0 duties, cross-rank checks
 
 Nothing here is imported by `import centerloss_ext`, so the package itself stays light
 (no matplotlib or scikit-learn at import).
