@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
+#include <type_traits>
+
 namespace centerloss {
 
 // Reduction codes are at::Reduction's: 0 none, 1 mean, 2 sum.
@@ -40,6 +42,12 @@ at::ScalarType loss_dtype(at::ScalarType features_dtype);
 
 // The accumulation dtype: float64 if features or centers are float64, else float32.
 at::ScalarType acc_dtype(at::ScalarType features_dtype, at::ScalarType centers_dtype);
+
+// The same as a C++ type, for the kernels of every device.
+template <typename scalar_t, typename center_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double> ||
+                                        std::is_same_v<center_t, double>,
+                                    double, float>;
 
 // Outputs (loss, diff) allocated for the shapes of the forward ops: loss is 0-dim
 // (mean, sum) or (B,) (none); diff is (B, D) when need_diff, else (0, D).

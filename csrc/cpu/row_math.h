@@ -3,6 +3,8 @@
 // without -ffast-math (which would break the non-finite checks).
 #pragma once
 
+#include "../center_loss.h"
+
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -12,12 +14,6 @@
 #include <vector>
 
 namespace centerloss {
-
-// float32 accumulation, float64 when features or centers are float64.
-template <typename scalar_t, typename center_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double> ||
-                                        std::is_same_v<center_t, double>,
-                                    double, float>;
 
 // Per-thread scratch rows: x and c converted to acc_t, and d = x - c.
 template <typename acc_t>

@@ -2,6 +2,8 @@
 // warp sums, the per-call workspace and launch geometry.
 #pragma once
 
+#include "../center_loss.h"
+
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -11,12 +13,6 @@
 
 namespace centerloss {
 namespace cuda {
-
-// float32 accumulation, float64 when features or centers are float64 (as on the CPU).
-template <typename scalar_t, typename center_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double> ||
-                                        std::is_same_v<center_t, double>,
-                                    double, float>;
 
 // The loss dtype: the features' own, float32 for 16-bit features.
 template <typename scalar_t>
