@@ -1,5 +1,6 @@
-// CUDA kernels of the centerloss ops: composes the launchers of kernels.h and registers
-// them with TORCH_LIBRARY_IMPL(centerloss, CUDA).
+// CUDA kernels of the centerloss ops: composes the launchers of kernels.h into the op
+// functions of ops_cuda.h (registered for the CUDA key in registration.cu; the emulated
+// build of emu/ registers the same functions for its own device).
 //
 // A training step of alpha mode (forward_update_ + backward_features) is three kernel
 // launches on the default path (forward rows, atomic update, grad rows) plus one
@@ -13,11 +14,11 @@
 // IndexError; set_cuda_label_check(false) skips that read, and CUDA-graph capture
 // skips it always (memory stays safe either way).
 #include "kernels.h"
+#include "ops_cuda.h"
 
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 namespace centerloss {
 namespace cuda {
@@ -67,6 +68,8 @@ bool use_sorted_path(bool deterministic, at::ScalarType centers_dtype) {
   return deterministic || at::isReducedFloatingType(centers_dtype);
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& features,
                                                 const at::Tensor& labels,
                                                 const at::Tensor& centers, int64_t reduction,
@@ -87,6 +90,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& features,
   throw_if_bad_label(wb.ws, y, c.size(0));
   return {loss, diff};
 }
+
+namespace {
 
 // forward_update_ and update_centers_: the forward rows kernel (loss only when
 // `with_loss`), then the alpha rule from its diff rows, counts and finite flags.
@@ -122,6 +127,8 @@ std::tuple<at::Tensor, at::Tensor> forward_and_update(at::Tensor& centers,
   if (!c.is_same(centers)) centers.copy_(c);
   return {loss, diff_out};
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> forward_update_cuda(at::Tensor& centers,
                                                        const at::Tensor& features,
@@ -166,16 +173,6 @@ at::Tensor backward_centers_cuda(const at::Tensor& grad_loss, const at::Tensor& 
     launch_grad_centers_atomic(g, d, y, red, out);
   }
   return out;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(centerloss, CUDA, m) {
-  m.impl("forward", &forward_cuda);
-  m.impl("forward_update_", &forward_update_cuda);
-  m.impl("update_centers_", &update_centers_cuda);
-  m.impl("backward_features", &backward_features_cuda);
-  m.impl("backward_centers", &backward_centers_cuda);
 }
 
 }  // namespace cuda
