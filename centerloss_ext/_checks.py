@@ -6,8 +6,6 @@ and in the pure-PyTorch reference.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -22,7 +20,10 @@ def reduction_code(reduction: str) -> int:
 
 
 def check_alpha(alpha: float) -> None:
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+    # The range test alone rejects NaN and ±inf (their comparisons are false); no
+    # math.isfinite, which torch.compile cannot trace when alpha is a symbolic float
+    # (dynamic=True makes the float attributes of a module inputs of the graph).
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be a finite number in [0, 1]; got {alpha!r}")
 
 
