@@ -13,25 +13,28 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_alpha, check_inputs, loss_dtype, reduction_code
+from ._checks import acc_dtype, check_alpha, check_inputs, loss_dtype, reduction_code
 
 _ops = torch.ops.centerloss
 
 
 # --- fake (meta) kernels: shapes and dtypes for torch.compile and meta tensors ------------
 
-def _fake_outputs(features: torch.Tensor, reduction: int, need_diff: bool):
+def _fake_outputs(features: torch.Tensor, centers: torch.Tensor, reduction: int,
+                  need_diff: bool):
     B, D = features.shape
     loss_shape = (B,) if reduction == 0 else ()
     loss = features.new_empty(loss_shape, dtype=loss_dtype(features.dtype))
-    diff = features.new_empty((B if need_diff else 0, D))
+    # diff rows in the accumulation dtype: backward and the center sums read them unrounded
+    diff = features.new_empty((B if need_diff else 0, D),
+                              dtype=acc_dtype(features.dtype, centers.dtype))
     return loss, diff
 
 
 @torch.library.register_fake("centerloss::forward")
 def _forward_fake(features, labels, centers, reduction, need_diff):
     check_inputs(features, labels, centers)
-    return _fake_outputs(features, reduction, need_diff)
+    return _fake_outputs(features, centers, reduction, need_diff)
 
 
 @torch.library.register_fake("centerloss::forward_update_")
@@ -39,7 +42,7 @@ def _forward_update_fake(centers, features, labels, reduction, alpha, need_diff,
                          deterministic=False):
     check_inputs(features, labels, centers)
     check_alpha(alpha)
-    return _fake_outputs(features, reduction, need_diff)
+    return _fake_outputs(features, centers, reduction, need_diff)
 
 
 @torch.library.register_fake("centerloss::update_centers_")
@@ -49,8 +52,8 @@ def _update_centers_fake(centers, features, labels, alpha, deterministic=False):
 
 
 @torch.library.register_fake("centerloss::backward_features")
-def _backward_features_fake(grad_loss, diff, reduction):
-    return torch.empty_like(diff)
+def _backward_features_fake(grad_loss, diff, reduction, out_dtype=None):
+    return torch.empty_like(diff, dtype=diff.dtype if out_dtype is None else out_dtype)
 
 
 @torch.library.register_fake("centerloss::backward_centers")
@@ -78,6 +81,7 @@ class _CenterLossFunction(torch.autograd.Function):
         ctx.reduction = reduction
         ctx.num_classes = centers.shape[0]
         ctx.centers_dtype = centers.dtype
+        ctx.features_dtype = features.dtype
         return loss
 
     @staticmethod
@@ -86,7 +90,8 @@ class _CenterLossFunction(torch.autograd.Function):
         diff, labels = ctx.saved_tensors
         grad_features = grad_centers = None
         if ctx.needs_input_grad[0]:
-            grad_features = _ops.backward_features(grad_loss, diff, ctx.reduction)
+            grad_features = _ops.backward_features(grad_loss, diff, ctx.reduction,
+                                                   ctx.features_dtype)
         if ctx.needs_input_grad[2]:
             grad_centers = _ops.backward_centers(grad_loss, diff, labels, ctx.reduction,
                                                  ctx.num_classes, ctx.centers_dtype,

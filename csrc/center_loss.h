@@ -50,9 +50,12 @@ using acc_type = std::conditional_t<std::is_same_v<scalar_t, double> ||
                                     double, float>;
 
 // Outputs (loss, diff) allocated for the shapes of the forward ops: loss is 0-dim
-// (mean, sum) or (B,) (none); diff is (B, D) when need_diff, else (0, D).
+// (mean, sum) or (B,) (none); diff is (B, D) when need_diff, else (0, D), in the
+// accumulation dtype (acc_dtype), so that backward and the center sums read the
+// differences unrounded (16-bit features: twice the bytes of a 16-bit copy).
 std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(
-    const at::Tensor& features, Reduction reduction, bool need_diff);
+    const at::Tensor& features, at::ScalarType centers_dtype, Reduction reduction,
+    bool need_diff);
 
 // Checks the backward ops' inputs: grad_loss matches the reduction, diff is (B, D).
 void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,

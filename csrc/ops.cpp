@@ -9,7 +9,8 @@
 TORCH_LIBRARY(centerloss, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
   // Per-sample loss reduced as asked, and (need_diff) the rows x_i - c_{y_i} that
-  // backward needs; centers are only read.
+  // backward needs, in the accumulation type (float32, or float64 when features or
+  // centers are float64): never rounded to 16 bits. Centers are only read.
   m.def("forward(Tensor features, Tensor labels, Tensor centers, int reduction, "
         "bool need_diff) -> (Tensor loss, Tensor diff)",
         tags);
@@ -23,8 +24,11 @@ TORCH_LIBRARY(centerloss, m) {
   m.def("update_centers_(Tensor(a!) centers, Tensor features, Tensor labels, "
         "float alpha, bool deterministic=False) -> ()",
         tags);
-  // d loss / d features from the saved diff rows.
-  m.def("backward_features(Tensor grad_loss, Tensor diff, int reduction) -> Tensor", tags);
+  // d loss / d features from the saved diff rows, in out_dtype (the features' dtype;
+  // None: diff's dtype).
+  m.def("backward_features(Tensor grad_loss, Tensor diff, int reduction, "
+        "ScalarType? out_dtype=None) -> Tensor",
+        tags);
   // d loss / d centers (dense, num_classes x D) from the saved diff rows.
   m.def("backward_centers(Tensor grad_loss, Tensor diff, Tensor labels, int reduction, "
         "int num_classes, ScalarType centers_dtype, bool deterministic=False) -> Tensor",

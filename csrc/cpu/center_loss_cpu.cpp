@@ -70,17 +70,16 @@ void forward_rows(const at::Tensor& x, const at::Tensor& y, const at::Tensor& c,
   const int64_t* yp = y.const_data_ptr<int64_t>();
   const center_t* cp = c.const_data_ptr<center_t>();
   acc_t* lp = loss_rows.data_ptr<acc_t>();
-  scalar_t* dp = diff.numel() > 0 ? diff.data_ptr<scalar_t>() : nullptr;
+  acc_t* dp = diff.numel() > 0 ? diff.data_ptr<acc_t>() : nullptr;  // acc dtype
 
   at::parallel_for(0, B, row_grain(D), [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(D);
     for (int64_t i = begin; i < end; ++i) {
       const acc_t* xr = as_acc(xp + i * D, s.x, D);
       const acc_t* cr = as_acc(cp + yp[i] * D, s.c, D);
-      acc_t* d = direct_or(dp ? dp + i * D : nullptr, s.d);
+      acc_t* d = dp ? dp + i * D : s.d;
       bool finite;
       lp[i] = acc_t(0.5) * diff_row(xr, cr, d, D, finite);
-      if (dp) store_row(d, dp + i * D, D);
     }
   });
 }
@@ -99,7 +98,7 @@ void forward_update_segments(const at::Tensor& x, const at::Tensor& y, at::Tenso
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   center_t* cp = c.data_ptr<center_t>();
   acc_t* lp = loss_rows ? loss_rows->data_ptr<acc_t>() : nullptr;
-  scalar_t* dp = (diff && diff->numel() > 0) ? diff->data_ptr<scalar_t>() : nullptr;
+  acc_t* dp = (diff && diff->numel() > 0) ? diff->data_ptr<acc_t>() : nullptr;  // acc dtype
 
   const Segments seg = sort_by_label(y.const_data_ptr<int64_t>(), B, kChunkRows);
   const int64_t n_split = static_cast<int64_t>(seg.split_segments.size());
@@ -130,7 +129,7 @@ void forward_update_segments(const at::Tensor& x, const at::Tensor& y, at::Tenso
         const int64_t i = seg.order[p];
         if (p + 1 < B) prefetch_row(xp + seg.order[p + 1] * D, D * sizeof(scalar_t));
         const acc_t* xr = as_acc(xp + i * D, s.x, D);
-        acc_t* d = direct_or(dp ? dp + i * D : nullptr, s.d);
+        acc_t* d = dp ? dp + i * D : s.d;
         bool finite;
         const acc_t ss = diff_row(xr, cr, d, D, finite);
         if (lp) lp[i] = acc_t(0.5) * ss;
@@ -138,7 +137,6 @@ void forward_update_segments(const at::Tensor& x, const at::Tensor& y, at::Tenso
           add_row(sum.data(), d, D);
           ++n;
         }
-        if (dp) store_row(d, dp + i * D, D);
       }
       if (chunk.slot < 0) {
         apply(label, cr, sum.data(), n);
@@ -189,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features,
   at::Tensor x = features.contiguous();
   at::Tensor y = checked_labels(labels, centers.size(0));
   at::Tensor c = centers.contiguous();
-  auto [loss, diff] = alloc_forward_outputs(features, red, need_diff);
+  auto [loss, diff] = alloc_forward_outputs(features, c.scalar_type(), red, need_diff);
   at::Tensor rows = at::empty({x.size(0)}, x.options().dtype(
                                                acc_dtype(x.scalar_type(), c.scalar_type())));
   dispatch_float(x.scalar_type(), "features", [&](auto xs) {
@@ -209,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> forward_update_cpu(at::Tensor& centers,
   check_inputs(features, labels, centers);
   check_alpha(alpha);
   const Reduction red = to_reduction(reduction);
-  auto [loss, diff] = alloc_forward_outputs(features, red, need_diff);
+  auto [loss, diff] = alloc_forward_outputs(features, centers.scalar_type(), red, need_diff);
   at::Tensor rows = at::empty(
       {features.size(0)},
       features.options().dtype(acc_dtype(features.scalar_type(), centers.scalar_type())));
@@ -261,25 +259,28 @@ GradScale<acc_t> grad_scale(const at::Tensor& g, Reduction red, int64_t B) {
 }
 
 at::Tensor backward_features_cpu(const at::Tensor& grad_loss, const at::Tensor& diff,
-                                 int64_t reduction) {
+                                 int64_t reduction, std::optional<at::ScalarType> out_dtype) {
   const Reduction red = to_reduction(reduction);
   check_backward_inputs(grad_loss, diff, red);
   at::Tensor d = diff.contiguous();
   const int64_t B = d.size(0), D = d.size(1);
-  at::Tensor out = at::empty_like(d);
+  at::Tensor out = at::empty_like(d, d.options().dtype(out_dtype.value_or(d.scalar_type())));
   dispatch_float(d.scalar_type(), "diff", [&](auto ds) {
-    using scalar_t = decltype(ds);
-    using acc_t = acc_type<scalar_t, scalar_t>;
-    at::Tensor g = grad_loss.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const GradScale<acc_t> scale = grad_scale<acc_t>(g, red, B);
-    const scalar_t* dp = d.const_data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B, row_grain(D), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t s = scale(i);
-        for (int64_t k = 0; k < D; ++k)
-          op[i * D + k] = static_cast<scalar_t>(static_cast<acc_t>(dp[i * D + k]) * s);
-      }
+    dispatch_float(out.scalar_type(), "out_dtype", [&](auto os) {
+      using scalar_t = decltype(ds);
+      using out_t = decltype(os);
+      using acc_t = acc_type<scalar_t, out_t>;
+      at::Tensor g = grad_loss.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+      const GradScale<acc_t> scale = grad_scale<acc_t>(g, red, B);
+      const scalar_t* dp = d.const_data_ptr<scalar_t>();
+      out_t* op = out.data_ptr<out_t>();
+      at::parallel_for(0, B, row_grain(D), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const acc_t s = scale(i);
+          for (int64_t k = 0; k < D; ++k)
+            op[i * D + k] = static_cast<out_t>(static_cast<acc_t>(dp[i * D + k]) * s);
+        }
+      });
     });
   });
   return out;

@@ -40,16 +40,6 @@ inline const acc_t* as_acc(const T* src, acc_t* buf, int64_t n) {
   }
 }
 
-// Where to write d: straight into the output row when it already has type acc_t.
-template <typename acc_t, typename T>
-inline acc_t* direct_or(T* out, acc_t* scratch) {
-  if constexpr (std::is_same_v<T, acc_t>) {
-    return out ? out : scratch;
-  } else {
-    return scratch;
-  }
-}
-
 // Copies a row to `dst`, converting; nothing to do when d was written in place.
 template <typename acc_t, typename T>
 inline void store_row(const acc_t* src, T* dst, int64_t n) {

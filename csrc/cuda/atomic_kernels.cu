@@ -9,11 +9,12 @@ namespace centerloss {
 namespace cuda {
 namespace {
 
-template <typename scalar_t, typename center_t>
+// diff: the forward kernel's rows, in the accumulation type acc_t.
+template <typename acc_t, typename center_t>
 __global__ void __launch_bounds__(kBlock)
-    alpha_update_atomic_kernel(const scalar_t* __restrict__ diff, Labels y,
+    alpha_update_atomic_kernel(const acc_t* __restrict__ diff, Labels y,
                                const uint8_t* __restrict__ finite, center_t* __restrict__ c,
-                               int64_t B, int64_t D, center_t alpha, Workspace ws) {
+                               int64_t B, int64_t D, acc_t alpha, Workspace ws) {
   if (*ws.bad != 0) return;  // a bad label anywhere: leave every center as it was
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
@@ -22,11 +23,10 @@ __global__ void __launch_bounds__(kBlock)
     if (!finite[row]) continue;
     const int64_t label = y[row];
     // The paper's rule moves c_j by alpha * sum(d_i) / (1 + n_j): each row adds its share.
-    const center_t scale = alpha / static_cast<center_t>(1 + ws.counts[label]);
-    const scalar_t* dr = diff + row * D;
+    const acc_t scale = alpha / static_cast<acc_t>(1 + ws.counts[label]);
+    const acc_t* dr = diff + row * D;
     center_t* cr = c + label * D;
-    for (int64_t k = lane; k < D; k += kWarp)
-      atomicAdd(cr + k, scale * static_cast<center_t>(dr[k]));
+    for (int64_t k = lane; k < D; k += kWarp) atomicAdd(cr + k, static_cast<center_t>(scale * dr[k]));
   }
 }
 
@@ -55,13 +55,13 @@ void launch_alpha_update_atomic(const at::Tensor& diff, const at::Tensor& labels
   const int64_t B = diff.size(0), D = diff.size(1);
   if (B == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_update", [&] {
-    using feat_t = scalar_t;
+  AT_DISPATCH_FLOATING_TYPES(diff.scalar_type(), "centerloss_update", [&] {
+    using acc_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "centerloss_update_c", [&] {
       using center_t = scalar_t;
-      alpha_update_atomic_kernel<feat_t, center_t><<<row_blocks(B), kBlock, 0, stream>>>(
-          diff.const_data_ptr<feat_t>(), labels_view(labels), finite.const_data_ptr<uint8_t>(),
-          c.data_ptr<center_t>(), B, D, static_cast<center_t>(alpha), ws);
+      alpha_update_atomic_kernel<acc_t, center_t><<<row_blocks(B), kBlock, 0, stream>>>(
+          diff.const_data_ptr<acc_t>(), labels_view(labels), finite.const_data_ptr<uint8_t>(),
+          c.data_ptr<center_t>(), B, D, static_cast<acc_t>(alpha), ws);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

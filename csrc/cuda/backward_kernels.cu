@@ -7,18 +7,19 @@ namespace centerloss {
 namespace cuda {
 namespace {
 
-template <typename scalar_t, typename g_t>
+// diff: the saved rows (the accumulation type); out: the features' dtype.
+template <typename scalar_t, typename out_t, typename g_t>
 __global__ void __launch_bounds__(kBlock)
     grad_features_kernel(const scalar_t* __restrict__ diff, GradScale<g_t> g,
-                         scalar_t* __restrict__ out, int64_t B, int64_t D, bool vec) {
-  using acc_t = acc_type<scalar_t, scalar_t>;
+                         out_t* __restrict__ out, int64_t B, int64_t D, bool vec) {
+  using acc_t = acc_type<scalar_t, out_t>;
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
        row < B; row += warps) {
     const acc_t s = g.template operator()<acc_t>(row);
     const scalar_t* dr = diff + row * D;
-    scalar_t* orow = out + row * D;
+    out_t* orow = out + row * D;
     if (vec) {
       for (int64_t k = lane * 4; k < D; k += 4 * kWarp) {
         acc_t v[4];
@@ -29,7 +30,7 @@ __global__ void __launch_bounds__(kBlock)
       }
     } else {
       for (int64_t k = lane; k < D; k += kWarp)
-        orow[k] = static_cast<scalar_t>(static_cast<acc_t>(dr[k]) * s);
+        orow[k] = static_cast<out_t>(static_cast<acc_t>(dr[k]) * s);
     }
   }
 }
@@ -46,11 +47,15 @@ void launch_grad_features(const at::Tensor& grad_loss, const at::Tensor& diff,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_grad_x", [&] {
     using g_t = loss_type<scalar_t>;
     const GradScale<g_t> g{grad_loss.const_data_ptr<g_t>(), none ? grad_loss.stride(0) : 0, inv_b};
-    const bool vec = D % 4 == 0 && aligned4(diff.const_data_ptr(), sizeof(scalar_t)) &&
-                     aligned4(out.const_data_ptr(), sizeof(scalar_t));
-    grad_features_kernel<scalar_t, g_t><<<row_blocks(B), kBlock, 0, stream>>>(
-        diff.const_data_ptr<scalar_t>(), g, out.data_ptr<scalar_t>(), B, D, vec);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    using diff_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "centerloss_grad_x_out", [&] {
+      using out_t = scalar_t;
+      const bool vec = D % 4 == 0 && aligned4(diff.const_data_ptr(), sizeof(diff_t)) &&
+                       aligned4(out.const_data_ptr(), sizeof(out_t));
+      grad_features_kernel<diff_t, out_t, g_t><<<row_blocks(B), kBlock, 0, stream>>>(
+          diff.const_data_ptr<diff_t>(), g, out.data_ptr<out_t>(), B, D, vec);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 

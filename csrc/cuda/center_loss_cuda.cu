@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& features,
   check_inputs(features, labels, centers);
   const Reduction red = to_reduction(reduction);
   c10::cuda::CUDAGuard guard(features.device());
-  auto [loss, diff] = alloc_forward_outputs(features, red, need_diff);
+  auto [loss, diff] = alloc_forward_outputs(features, centers.scalar_type(), red, need_diff);
   const int64_t B = features.size(0);
   if (B == 0) {
     if (red != Reduction::None) loss.zero_();
@@ -103,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> forward_and_update(at::Tensor& centers,
   check_inputs(features, labels, centers);
   check_alpha(alpha);
   c10::cuda::CUDAGuard guard(features.device());
-  auto [loss, diff_out] = alloc_forward_outputs(features, red, need_diff);
+  auto [loss, diff_out] = alloc_forward_outputs(features, centers.scalar_type(), red, need_diff);
   const int64_t B = features.size(0), D = features.size(1);
   if (B == 0) {
     if (with_loss && red != Reduction::None) loss.zero_();
@@ -112,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor> forward_and_update(at::Tensor& centers,
   at::Tensor x = features.contiguous(), y = labels.contiguous(), c = centers.contiguous();
   const bool sorted = use_sorted_path(deterministic, c.scalar_type());
   // The update reads the diff rows, so they are written even when backward needs none.
-  at::Tensor diff = need_diff ? diff_out : at::empty({B, D}, x.options());
+  at::Tensor diff = need_diff ? diff_out : at::empty({B, D}, diff_out.options());
   at::Tensor finite = at::empty({B}, x.options().dtype(at::kByte));
   const int64_t blocks = row_blocks(B);
   WorkspaceBuffer wb(x, c.size(0), /*with_counts=*/!sorted, blocks, acc_size(x, c));
@@ -146,12 +146,12 @@ void update_centers_cuda(at::Tensor& centers, const at::Tensor& features,
 }
 
 at::Tensor backward_features_cuda(const at::Tensor& grad_loss, const at::Tensor& diff,
-                                  int64_t reduction) {
+                                  int64_t reduction, std::optional<at::ScalarType> out_dtype) {
   const Reduction red = to_reduction(reduction);
   check_backward_inputs(grad_loss, diff, red);
   c10::cuda::CUDAGuard guard(diff.device());
   at::Tensor d = diff.contiguous();
-  at::Tensor out = at::empty_like(d);
+  at::Tensor out = at::empty_like(d, d.options().dtype(out_dtype.value_or(d.scalar_type())));
   launch_grad_features(grad_loss.to(loss_dtype(d.scalar_type())), d, red, out);
   return out;
 }

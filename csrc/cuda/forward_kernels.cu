@@ -16,7 +16,8 @@ __global__ void __launch_bounds__(kBlock)
     forward_rows_kernel(const scalar_t* __restrict__ x, Labels y,
                         const center_t* __restrict__ c, int64_t B, int64_t D, int64_t C,
                         bool vec, int reduction, loss_type<scalar_t>* __restrict__ loss,
-                        scalar_t* __restrict__ diff, uint8_t* __restrict__ finite,
+                        acc_type<scalar_t, center_t>* __restrict__ diff,
+                        uint8_t* __restrict__ finite,
                         Workspace ws) {
   using acc_t = acc_type<scalar_t, center_t>;
   using loss_t = loss_type<scalar_t>;
@@ -27,7 +28,7 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
        row < B; row += warps) {
     const int64_t label = y[row];
-    scalar_t* dr = diff ? diff + row * D : nullptr;
+    acc_t* dr = diff ? diff + row * D : nullptr;
     if (label < 0 || label >= C) {  // never read c[label]: record the row, zero its diff
       if (lane == 0) {
         atomicMax(ws.bad, static_cast<unsigned long long>(B - row));
@@ -35,7 +36,7 @@ __global__ void __launch_bounds__(kBlock)
         if (finite) finite[row] = 0;
       }
       if (dr)
-        for (int64_t k = lane; k < D; k += kWarp) dr[k] = scalar_t(0);
+        for (int64_t k = lane; k < D; k += kWarp) dr[k] = acc_t(0);
       continue;
     }
     const scalar_t* xr = x + row * D;
@@ -59,7 +60,7 @@ __global__ void __launch_bounds__(kBlock)
         const acc_t d = static_cast<acc_t>(xr[k]) - static_cast<acc_t>(cr[k]);
         ss += d * d;
         probe += d * acc_t(0);
-        if (dr) dr[k] = static_cast<scalar_t>(d);
+        if (dr) dr[k] = d;
       }
     }
     ss = warp_sum(ss);
@@ -120,13 +121,14 @@ void launch_forward_rows(const at::Tensor& x, const at::Tensor& labels, const at
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_forward_c", [&] {
       using center_t = scalar_t;
       using loss_t = loss_type<feat_t>;
+      using acc_t = acc_type<feat_t, center_t>;
       const bool vec = D % 4 == 0 && aligned4(x.const_data_ptr(), sizeof(feat_t)) &&
                        aligned4(c.const_data_ptr(), sizeof(center_t)) &&
-                       (!diff || aligned4(diff->const_data_ptr(), sizeof(feat_t)));
+                       (!diff || aligned4(diff->const_data_ptr(), sizeof(acc_t)));
       forward_rows_kernel<feat_t, center_t><<<blocks, kBlock, 0, stream>>>(
           x.const_data_ptr<feat_t>(), labels_view(labels), c.const_data_ptr<center_t>(), B, D, C,
           vec, static_cast<int>(reduction), loss ? loss->data_ptr<loss_t>() : nullptr,
-          diff ? diff->data_ptr<feat_t>() : nullptr,
+          diff ? diff->data_ptr<acc_t>() : nullptr,
           finite ? finite->data_ptr<uint8_t>() : nullptr, ws);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -22,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> forward_update_cuda(at::Tensor& centers,
 void update_centers_cuda(at::Tensor& centers, const at::Tensor& features,
                          const at::Tensor& labels, double alpha, bool deterministic);
 at::Tensor backward_features_cuda(const at::Tensor& grad_loss, const at::Tensor& diff,
-                                  int64_t reduction);
+                                  int64_t reduction, std::optional<at::ScalarType> out_dtype);
 at::Tensor backward_centers_cuda(const at::Tensor& grad_loss, const at::Tensor& diff,
                                  const at::Tensor& labels, int64_t reduction,
                                  int64_t num_classes, at::ScalarType centers_dtype,

@@ -184,8 +184,8 @@ void launch_alpha_update_sorted(const at::Tensor& diff, const at::Tensor& labels
                                 const at::Tensor& finite, at::Tensor& c, double alpha,
                                 const Workspace& ws) {
   const int64_t D = diff.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_update_sorted", [&] {
-    using feat_t = scalar_t;
+  AT_DISPATCH_FLOATING_TYPES(diff.scalar_type(), "centerloss_update_sorted", [&] {
+    using feat_t = scalar_t;  // diff rows: the forward kernel's, in the accumulation type
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_update_sorted_c", [&] {
       using center_t = scalar_t;
       using acc_t = acc_type<feat_t, center_t>;

@@ -43,8 +43,9 @@ at::Tensor backward_centers(const at::Tensor& g, const at::Tensor& diff, const a
 at::Tensor backward_features(const at::Tensor& g, const at::Tensor& diff, int64_t red) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("centerloss::backward_features", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>();
-  return op.call(g, diff, red);
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
+                                         std::optional<at::ScalarType>)>();
+  return op.call(g, diff, red, std::nullopt);
 }
 
 // The paper's update in dense ATen ops (fine at test sizes): the oracle.
