@@ -1,12 +1,21 @@
 """Builds centerloss_ext and its compiled ops (centerloss_ext._C).
 
-    pip install --no-build-isolation .      # torch must be importable while building
+    pip install torch          # first: the extension is compiled against this torch
+    pip install .              # or -e . to work on the source; ".[bench]", ".[train]" too
+
+pip runs this through the in-tree build backend (build_backend/centerloss_build.py),
+which finds the target environment's torch and puts it on the path before this file
+runs; with --no-build-isolation, or `python setup.py ...` (make build), torch is
+importable anyway. CENTERLOSS_TORCH_PYTHON=/path/to/env/bin/python names the environment
+whose torch to build against when the backend cannot find it.
 
 Environment switches:
     CENTERLOSS_CPU_ONLY=1   build the CPU kernels only, even where CUDA is available
     FORCE_CUDA=1            build the CUDA kernels even without a visible GPU (needs nvcc)
     TORCH_CUDA_ARCH_LIST    CUDA archs to compile for (default "8.0;9.0+PTX")
     MAX_JOBS                parallel compile jobs (ninja)
+    CENTERLOSS_TORCH_PYTHON the python whose torch to build against (the build backend's
+                            override, when it cannot find the target environment's torch)
     DEBUG=1                 -O0 -g, no optimisation
 """
 import glob
@@ -37,12 +46,10 @@ try:
     import torch
     from torch.utils.cpp_extension import (CUDA_HOME, BuildExtension, CppExtension,
                                            CUDAExtension)
-except ImportError:
-    sys.exit(
-        "centerloss_ext: PyTorch must be importable while building, and pip's build "
-        "isolation hides it.\nInstall torch first, then build with:\n"
-        "    pip install --no-build-isolation ."
-    )
+except ImportError as e:
+    sys.exit(f"centerloss_ext: PyTorch must be importable while building ({e}). Install "
+             "torch first (pip install torch), then pip install . ; to build against the "
+             "torch of another environment, set CENTERLOSS_TORCH_PYTHON=/path/to/env/bin/python.")
 
 
 def _nvidia_include_dirs() -> list:
@@ -90,6 +97,16 @@ class BuildExt(BuildExtension):
             f.write(self.build_info)
 
 
+# Optional dependency groups: bench/compare.py, the training scripts
+# (centerloss_ext.train), and the Python test suite (which runs both).
+EXTRAS = {
+    "bench": ["tqdm", "matplotlib"],
+    "train": ["torchvision", "numpy", "matplotlib", "scikit-learn", "tqdm", "pillow"],
+}
+EXTRAS["test"] = sorted(set(EXTRAS["bench"] + EXTRAS["train"] +
+                            ["pytest", "hypothesis", "expecttest"]))
+
+
 def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) +
                      glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
@@ -122,10 +139,9 @@ setup(
     cmdclass={"build_ext": BuildExt},
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
-    # the training scripts (centerloss_ext.train) also need torchvision, numpy, matplotlib,
-    # scikit-learn, tqdm and pillow: requirements.txt, or pip install ".[train]"
-    extras_require={"train": ["torchvision", "numpy", "matplotlib", "scikit-learn", "tqdm",
-                              "pillow"]},
+    # what the parts beyond the library need (each names its group when one is missing):
+    # pip install ".[bench]" / ".[train]" / ".[test]"; requirements.txt pins them all
+    extras_require=EXTRAS,
     entry_points={"console_scripts": [
         "centerloss-mnist = centerloss_ext.train.mnist:main",
         "centerloss-faces = centerloss_ext.train.faces:main",
