@@ -49,6 +49,7 @@ def test_opcheck_backward_ops(device):
         loss, diff = ops.forward(x, y, c, red, True)
         g = torch.rand_like(loss)
         torch.library.opcheck(ops.backward_features.default, (g, diff, red))
+        torch.library.opcheck(ops.backward_features.default, (g, diff, red, x.dtype))
         for det in (False, True):
             torch.library.opcheck(ops.backward_centers.default,
                                   (g, diff, y, red, c.shape[0], c.dtype, det))
@@ -60,7 +61,10 @@ def test_meta_tensors_get_shapes_and_dtypes():
     c = torch.empty(5, 3, device="meta")
     loss, diff = ops.forward(x, y, c, 0, True)
     assert loss.shape == (8,) and loss.dtype == torch.float32
-    assert diff.shape == (8, 3) and diff.dtype == torch.float16
+    # the difference rows in the accumulation dtype, never rounded to 16 bits
+    assert diff.shape == (8, 3) and diff.dtype == torch.float32
+    gx = ops.backward_features(loss, diff, 0, torch.float16)
+    assert gx.shape == (8, 3) and gx.dtype == torch.float16
     loss, diff = ops.forward_update_(c, x, y, 1, 0.5, False)
     assert loss.shape == () and diff.shape == (0, 3)
     gc = ops.backward_centers(loss, diff, y[:0], 1, 5, torch.float64)
