@@ -14,7 +14,8 @@ a timeout), trying in order:
      removed (pip's isolation hides the user's packages only through those)
   3. the parent process's first command-line argument when it names a python (build
      frontends that run the backend under their own interpreter: python -m build, pip's
-     venv isolation)
+     venv isolation); when that python belongs to the build interpreter's environment
+     (pip's default isolation), that environment is the target, and the search ends
   4. $VIRTUAL_ENV, then $CONDA_PREFIX
 
 The folder holding that torch goes at the *end* of sys.path (behind the build tools), the
@@ -46,7 +47,8 @@ HIDING_VARIABLES = ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")
 _PROBE = r"""
 import importlib.util, json, os, sys
 from importlib.metadata import PackageNotFoundError, distribution
-facts = {"python": sys.executable, "cache_tag": sys.implementation.cache_tag,
+facts = {"python": sys.executable, "prefix": sys.prefix,
+         "cache_tag": sys.implementation.cache_tag,
          "python_version": "%d.%d" % sys.version_info[:2]}
 try:
     dist = distribution("torch")
@@ -77,45 +79,30 @@ def _override_python(value: str) -> str:
 
 
 def _parent_python() -> Optional[str]:
-    """The parent process's first command-line argument when it names a python (Linux)."""
+    """The parent process's first command-line argument when it names a python (Linux's
+    /proc; elsewhere `ps`)."""
     ppid = os.getppid()
     try:
         with open(f"/proc/{ppid}/cmdline", "rb") as f:
             argv0 = f.read().split(b"\0")[0].decode()
-    except (OSError, UnicodeDecodeError, IndexError):
-        return None
+        cwd = os.readlink(f"/proc/{ppid}/cwd")
+    except (OSError, UnicodeDecodeError):
+        try:
+            argv0 = subprocess.run(["ps", "-o", "args=", "-p", str(ppid)], capture_output=True,
+                                   text=True, timeout=10).stdout.split()[0]
+            cwd = None
+        except (OSError, subprocess.SubprocessError, IndexError):
+            return None
     if not os.path.basename(argv0).lower().startswith("python"):
         return None
     if os.sep not in argv0:  # found on the parent's PATH
         import shutil
         return shutil.which(argv0)
     if not os.path.isabs(argv0):
-        try:
-            argv0 = os.path.join(os.readlink(f"/proc/{ppid}/cwd"), argv0)
-        except OSError:
+        if cwd is None:
             return None
+        argv0 = os.path.join(cwd, argv0)
     return argv0
-
-
-def candidates() -> List[Tuple[str, str]]:
-    """(how it was found, python executable), in the order they are tried."""
-    override = os.environ.get(OVERRIDE)
-    if override:
-        return [(f"${OVERRIDE}", _override_python(override))]
-    found = [("the interpreter running this build", sys.executable)]
-    parent = _parent_python()
-    if parent:
-        found.append(("the python that started the build", parent))
-    for var in ("VIRTUAL_ENV", "CONDA_PREFIX"):
-        if os.environ.get(var):
-            found.append((f"${var}", _env_python(os.environ[var])))
-    seen, unique = set(), []
-    for how, python in found:
-        key = os.path.abspath(python)
-        if key not in seen:
-            seen.add(key)
-            unique.append((how, python))
-    return unique
 
 
 def probe(python: str, timeout: float = PROBE_TIMEOUT_S) -> Tuple[Optional[Dict], str]:
@@ -139,28 +126,74 @@ def probe(python: str, timeout: float = PROBE_TIMEOUT_S) -> Tuple[Optional[Dict]
         return None, "printed something unexpected"
 
 
-def find_torch() -> Dict:
-    """The target environment's torch: facts of the first candidate that has it, plus
-    "how". Exits with the install-torch-first message when none has it."""
-    looked = []
-    for how, python in candidates():
+class _Search:
+    """Probes candidates in turn, keeping a line per miss for the error message."""
+
+    def __init__(self):
+        self.looked: List[str] = []
+
+    def attempt(self, how: str, python: str) -> Optional[Dict]:
+        """The probe's facts (with "how"), or None when `python` did not run; a miss is
+        recorded. Usable when "usable" is true."""
         facts, why = probe(python)
         if facts is None:
-            looked.append(f"{python} ({how}): {why}")
-        elif "torch_version" not in facts:
-            looked.append(f"{python} ({how}): no torch")
-        elif facts["cache_tag"] != sys.implementation.cache_tag:
-            looked.append(f"{python} ({how}): torch {facts['torch_version']} for Python "
-                          f"{facts['python_version']}, but this build runs Python "
-                          f"{sys.version_info[0]}.{sys.version_info[1]}")
-        else:
-            facts["how"] = how
+            self.looked.append(f"{python} ({how}): {why}")
+            return None
+        facts["how"] = how
+        where = f"{facts['prefix']} ({how}: {python})"
+        ours = sys.implementation.cache_tag
+        facts["usable"] = "torch_version" in facts and facts["cache_tag"] == ours
+        if "torch_version" not in facts:
+            self.looked.append(f"{where}: no torch")
+        elif not facts["usable"]:
+            self.looked.append(f"{where}: torch {facts['torch_version']} for Python "
+                               f"{facts['python_version']}, but this build runs Python "
+                               f"{sys.version_info[0]}.{sys.version_info[1]}")
+        return facts
+
+    def fail(self) -> "TorchNotFound":
+        return TorchNotFound(
+            "centerloss_ext: no PyTorch found to build against. Install torch first, into "
+            "the environment centerloss_ext goes into (pip install torch), then run this "
+            "command again. Looked in: " + "; ".join(self.looked) + ". If torch is in "
+            f"another environment, name its python: {OVERRIDE}=/path/to/env/bin/python.")
+
+
+def _same_environment(a: Dict, b: Dict) -> bool:
+    return os.path.realpath(a["prefix"]) == os.path.realpath(b["prefix"])
+
+
+def find_torch() -> Dict:
+    """The target environment's torch: the facts of the first candidate that has it.
+    Raises TorchNotFound (an exit with the install-torch-first message) when none has.
+
+    The fallbacks beyond the build's own interpreter are for frontends that run the
+    backend under an interpreter of their own; when the frontend's python is the build's
+    environment (pip's default isolation), that environment is the target, and one
+    without torch is an error, whatever else $VIRTUAL_ENV or $CONDA_PREFIX name."""
+    search = _Search()
+    override = os.environ.get(OVERRIDE)
+    if override:
+        facts = search.attempt(f"${OVERRIDE}", _override_python(override))
+        if facts and facts["usable"]:
             return facts
-    raise TorchNotFound(
-        "centerloss_ext: no PyTorch found to build against. Install torch first, into the "
-        "environment centerloss_ext goes into (pip install torch), then run this command "
-        "again. Looked in: " + "; ".join(looked) + ". If torch is in another environment, "
-        f"name its python: {OVERRIDE}=/path/to/env/bin/python.")
+        raise search.fail()
+    build = search.attempt("the interpreter running this build", sys.executable)
+    if build and build["usable"]:
+        return build
+    parent = _parent_python()
+    if parent:
+        facts = search.attempt("the python that started the build", parent)
+        if facts and facts["usable"]:
+            return facts
+        if facts and build and _same_environment(facts, build):
+            raise search.fail()
+    for var in ("VIRTUAL_ENV", "CONDA_PREFIX"):
+        if os.environ.get(var):
+            facts = search.attempt(f"${var}", _env_python(os.environ[var]))
+            if facts and facts["usable"]:
+                return facts
+    raise search.fail()
 
 
 def use_torch() -> Dict:
