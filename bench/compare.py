@@ -29,11 +29,29 @@ import shlex
 import subprocess
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import List, Optional
 
-if __package__ in (None, ""):  # run as a script: import `bench` from the repository root
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # not bench/ (timing.py, ...)
+# The optional dependencies (setup.py's "bench" group), checked before any work is done.
+NEEDS = ("tqdm", "matplotlib")
+if __name__ == "__main__":
+    _missing = [name for name in NEEDS if find_spec(name) is None]
+    if _missing:
+        print(f"bench/compare.py: {', '.join(_missing)} missing, from the optional \"bench\" "
+              "group: pip install \".[bench]\" in the centerloss_ext source folder, or "
+              f"pip install {' '.join(_missing)}", file=sys.stderr)
+        sys.exit(2)
+
+if __package__ in (None, ""):  # run as a script
+    # `bench` from this repository, but centerloss_ext from the installed package when
+    # there is one: the repository root goes last on the path, not first, where the
+    # clone's unbuilt centerloss_ext/ would shadow the installed copy.
+    _root = str(Path(__file__).resolve().parent.parent)
+    sys.path[0] = _root  # not bench/ (timing.py, ...)
+    import bench  # noqa: E402,F401
+    sys.path[0:1] = []
+    sys.path.append(_root)
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
