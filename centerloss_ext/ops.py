@@ -4,14 +4,16 @@ The ops themselves (torch.ops.centerloss.*) are declared in csrc/ops.cpp. Autogr
 torch.autograd.Function rather than torch.library.register_autograd because the
 training step's op mutates the centers, and register_autograd takes functional ops
 only. Backward never reads the centers: forward saves the difference rows x - c[y],
-so the in-place alpha update cannot invalidate what backward needs.
+so the in-place alpha update cannot invalidate what backward needs. Under
+``create_graph=True`` the backward is itself a Function (the fused backward ops forward,
+torch ops on the saved rows backward), so double backward gives true second-order
+gradients; torch.compile's AOTAutograd refuses double backward with its own error.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ._checks import acc_dtype, check_alpha, check_inputs, loss_dtype, reduction_code
 
@@ -77,7 +79,11 @@ class _CenterLossFunction(torch.autograd.Function):
             loss, diff = _ops.forward_update_(centers, features, labels, reduction, alpha,
                                               need_diff,
                                               torch.are_deterministic_algorithms_enabled())
-        ctx.save_for_backward(diff, labels)
+        # features and centers only as the inputs a double backward differentiates
+        # (never read: backward reads diff). The centers only when they take a gradient,
+        # which the alpha rule forbids: its update would fail autograd's version check.
+        ctx.save_for_backward(diff, labels, features if ctx.needs_input_grad[0] else None,
+                              centers if ctx.needs_input_grad[2] else None)
         ctx.reduction = reduction
         ctx.num_classes = centers.shape[0]
         ctx.centers_dtype = centers.dtype
@@ -85,18 +91,101 @@ class _CenterLossFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss):
-        diff, labels = ctx.saved_tensors
-        grad_features = grad_centers = None
-        if ctx.needs_input_grad[0]:
-            grad_features = _ops.backward_features(grad_loss, diff, ctx.reduction,
-                                                   ctx.features_dtype)
-        if ctx.needs_input_grad[2]:
-            grad_centers = _ops.backward_centers(grad_loss, diff, labels, ctx.reduction,
-                                                 ctx.num_classes, ctx.centers_dtype,
-                                                 torch.are_deterministic_algorithms_enabled())
+        diff, labels, features, centers = ctx.saved_tensors
+        args = (ctx.reduction, ctx.num_classes, ctx.centers_dtype, ctx.features_dtype,
+                torch.are_deterministic_algorithms_enabled())
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable
+            grad_features, grad_centers = _CenterLossBackward.apply(
+                grad_loss, features, centers, diff, labels, *args)
+        else:
+            grad_features, grad_centers = _fused_backward(
+                grad_loss, diff, labels, ctx.needs_input_grad[0], ctx.needs_input_grad[2],
+                *args)
         return grad_features, None, grad_centers, None, None, None
+
+
+def _fused_backward(grad_loss, diff, labels, need_features: bool, need_centers: bool,
+                    reduction: int, num_classes: int, centers_dtype: torch.dtype,
+                    features_dtype: torch.dtype, deterministic: bool):
+    grad_features = grad_centers = None
+    if need_features:
+        grad_features = _ops.backward_features(grad_loss, diff, reduction, features_dtype)
+    if need_centers:
+        grad_centers = _ops.backward_centers(grad_loss, diff, labels, reduction, num_classes,
+                                             centers_dtype, deterministic)
+    return grad_features, grad_centers
+
+
+class _CenterLossBackward(torch.autograd.Function):
+    """The backward of the loss as a differentiable function (double backward, e.g. a
+    gradient penalty). Forward: the fused backward ops. Backward: torch ops on the saved
+    tensors only (never the centers the alpha rule may have moved since).
+
+    With d_i = x_i − c_{y_i} and s_i the row scale (g / B, g, or g_i for mean, sum, none),
+    the first gradients are gx_i = s_i d_i and gc_j = −Σ_{y_i=j} s_i d_i. For incoming
+    gradients (ggx, ggc), let v_i = ggx_i − ggc_{y_i}; then
+    ∂/∂x_i = s_i v_i, ∂/∂c_j = −Σ_{y_i=j} s_i v_i and ∂/∂g = Σ_i ⟨d_i, v_i⟩ (/ B for mean;
+    per row for none).
+
+    ``features`` / ``centers`` are inputs only to connect the graph (None when they take no
+    gradient); their values enter only as a zero (t − t.detach()), so that d is itself
+    differentiable and the gradient w.r.t. g has the right higher derivatives.
+    """
+
+    @staticmethod
+    def forward(ctx, grad_loss, features, centers, diff, labels, reduction: int,
+                num_classes: int, centers_dtype: torch.dtype, features_dtype: torch.dtype,
+                deterministic: bool):
+        ctx.save_for_backward(grad_loss, features, centers, diff, labels)
+        ctx.reduction = reduction
+        ctx.num_classes = num_classes
+        return _fused_backward(grad_loss, diff, labels, features is not None,
+                               centers is not None, reduction, num_classes, centers_dtype,
+                               features_dtype, deterministic)
+
+    @staticmethod
+    def backward(ctx, grad_grad_features, grad_grad_centers):
+        grad_loss, features, centers, diff, labels = ctx.saved_tensors
+        acc = diff.dtype
+        rows = torch.zeros_like(diff)  # v_i
+        if grad_grad_features is not None:
+            rows = rows + grad_grad_features.to(acc)
+        if grad_grad_centers is not None:
+            rows = rows - grad_grad_centers.to(acc).index_select(0, labels)
+        scale = _row_scale(grad_loss.to(acc), ctx.reduction, diff.shape[0])
+        scaled = rows * scale
+        grad_g = grad_x = grad_c = None
+        if ctx.needs_input_grad[0]:
+            d = diff
+            if features is not None and features.requires_grad:
+                d = d + (features.to(acc) - features.detach().to(acc))
+            if centers is not None and centers.requires_grad:
+                picked = centers.index_select(0, labels).to(acc)
+                d = d - (picked - picked.detach())
+            per_row = (d * rows).sum(1)
+            if ctx.reduction == 0:
+                grad_g = per_row
+            else:
+                grad_g = per_row.sum()
+                if ctx.reduction == 1:
+                    grad_g = grad_g / max(diff.shape[0], 1)
+            grad_g = grad_g.to(grad_loss.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_x = scaled.to(features.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_c = scaled.new_zeros(ctx.num_classes, diff.shape[1]).index_add(
+                0, labels, -scaled).to(centers.dtype)
+        return grad_g, grad_x, grad_c, None, None, None, None, None, None, None
+
+
+def _row_scale(grad_loss: torch.Tensor, reduction: int, batch: int) -> torch.Tensor:
+    """s_i, broadcastable to the (B, D) rows: g / B (mean), g (sum), g_i (none)."""
+    if reduction == 0:
+        return grad_loss.unsqueeze(1)
+    if reduction == 1:
+        return grad_loss / max(batch, 1)
+    return grad_loss
 
 
 def _needs_diff(features: torch.Tensor, centers: torch.Tensor) -> bool:
