@@ -57,7 +57,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench import checks, report  # noqa: E402
-from centerloss_ext.train.common import cpu_name  # noqa: E402
+from centerloss_ext._machine import cpu_name  # noqa: E402
 from bench.floor import DeviceFloor, measure_floor, step_bytes  # noqa: E402
 from bench.runner import Result, Settings, describe_failure, run_variant  # noqa: E402
 from bench.shapes import QUICK, Shape, parse_shapes  # noqa: E402

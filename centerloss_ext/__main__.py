@@ -1,5 +1,7 @@
-"""`python -m centerloss_ext`: how this copy was built and which kernels it has.
-The first thing to run when the install misbehaves."""
+"""`python -m centerloss_ext`: how this copy was built, which kernels it has, and the
+machine it runs on (the facts in centerloss_ext._machine, which the benchmark and the
+training records take from there too). The first thing to run when the install
+misbehaves."""
 from __future__ import annotations
 
 import platform
@@ -12,6 +14,7 @@ OPS = ("forward", "forward_update_", "update_centers_", "backward_features",
 
 def build_facts() -> dict:
     from . import _build_info
+    from ._machine import cpu_name
     import centerloss_ext  # noqa: F401  (loads the ops)
 
     has = torch._C._dispatch_has_kernel_for_dispatch_key
@@ -27,6 +30,7 @@ def build_facts() -> dict:
         "kernels registered (CPU/CUDA/Meta)": "/".join(
             "yes" if kernels[k] else "no" for k in ("CPU", "CUDA", "Meta")),
         "GPU visible": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "CPU": cpu_name(),
         "CPU threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "location": centerloss_ext.__file__,

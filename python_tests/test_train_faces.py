@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from centerloss_ext.train import faces
+from centerloss_ext.train import faces, faces_train
 from centerloss_ext.train.common import DataError
-from centerloss_ext.train.data import load_face_folders
-from centerloss_ext.train.models import FaceNet
+from centerloss_ext.train.faces_enroll import load_embeddings
+from centerloss_ext.train.faces_model import FaceNet
+from centerloss_ext.train.folders import load_face_folders
 from centerloss_ext.train.synthetic import make_synthetic_faces
 
 FAST = ["--arch", "compact", "--image-size", "32", "--feature-dim", "32", "--batch-size",
@@ -76,8 +77,8 @@ def test_train_eval_embed_identify(tree, trained, tmp_path):
         faces.main(["embed", "--checkpoint", str(out / "checkpoint.pt"), "--images",
                     str(tree / "train"), "--out", str(tmp_path / name), "--workers", "0",
                     "--device", "cpu"])
-    feats, paths, labels, meta = faces.load_embeddings(tmp_path / "gallery.npz")
-    feats_pt, paths_pt, labels_pt, _ = faces.load_embeddings(tmp_path / "gallery.pt")
+    feats, paths, labels, meta = load_embeddings(tmp_path / "gallery.npz")
+    feats_pt, paths_pt, labels_pt, _ = load_embeddings(tmp_path / "gallery.pt")
     assert feats.shape == (72, 32) and meta["feature_dim"] == 32
     torch.testing.assert_close(feats.norm(dim=1), torch.ones(72))
     torch.testing.assert_close(feats, feats_pt)
@@ -105,17 +106,17 @@ def test_train_eval_embed_identify(tree, trained, tmp_path):
 def test_resume_after_an_interruption_matches_a_straight_run(tree, tmp_path, monkeypatch):
     args = ["--input-dir", str(tree), "--epochs", "2", "--eval-every", "2", *FAST]
     faces.main(["train", "--out", str(tmp_path / "a"), *args])
-    real = faces.train_one_epoch
+    real = faces_train.train_one_epoch
 
     def interrupted(*a, **k):
-        if a[7] == 1:                                  # the second epoch
+        if k["epoch"] == 1:                            # the second epoch
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(faces, "train_one_epoch", interrupted)
+    monkeypatch.setattr(faces_train, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         faces.main(["train", "--out", str(tmp_path / "b"), *args])
-    monkeypatch.setattr(faces, "train_one_epoch", real)
+    monkeypatch.setattr(faces_train, "train_one_epoch", real)
     resumed = faces.main(["train", "--out", str(tmp_path / "b"), "--resume", *args])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
@@ -125,6 +126,75 @@ def test_resume_after_an_interruption_matches_a_straight_run(tree, tmp_path, mon
     torch.testing.assert_close(a["center_loss"]["centers"], b["center_loss"]["centers"],
                                rtol=1e-5, atol=1e-6)
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+
+
+# every way a tensor's value reaches the host from Python
+READ_BACKS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+def test_one_host_read_back_per_log_interval(tree, tmp_path, monkeypatch):
+    """A training step keeps its statistics on the device: counting every Python-level
+    read-back of a tensor during the epochs (data loading aside, which happens on the
+    host anyway), there is one per log interval, not several per step."""
+    state = {"on": False, "count": 0}
+    for name in READ_BACKS:
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **k):
+            if not state["on"]:
+                return _real(self, *a, **k)
+            state["on"] = False                     # nested calls are the same read-back
+            state["count"] += 1
+            try:
+                return _real(self, *a, **k)
+            finally:
+                state["on"] = True
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    class DataLoadingNotCounted:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            state["on"] = False
+            it = iter(self.loader)
+            while True:
+                state["on"] = False
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                state["on"] = True
+                yield batch
+
+    per_epoch, steps = [], []
+    real_epoch = faces_train.train_one_epoch
+
+    def counted_epoch(*a, **k):
+        a = list(a)
+        a[5] = DataLoadingNotCounted(a[5])
+        steps.append(len(a[5]))
+        state["count"] = 0
+        try:
+            return real_epoch(*a, **k)
+        finally:
+            state["on"] = False
+            per_epoch.append(state["count"])
+
+    monkeypatch.setattr(faces_train, "train_one_epoch", counted_epoch)
+    opts = faces_train.TrainOptions(
+        input_dir=str(tree), out=str(tmp_path), epochs=2, eval_every=2, arch="compact",
+        image_size=32, feature_dim=32, batch_size=8, workers=0, no_progress=True,
+        device="cpu", log_every=2)
+    result = faces_train.train(opts)
+    assert steps == [9, 9]                             # 72 images, batches of 8
+    assert per_epoch == [5, 5]                         # after steps 2, 4, 6, 8 and 9
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert "log_every" not in result["config"]
 
 
 def test_val_uses_train_mapping(tmp_path):

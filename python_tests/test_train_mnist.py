@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from centerloss_ext.train import data as tdata
+from centerloss_ext.train import idx as tdata
 from centerloss_ext.train import mnist
-from centerloss_ext.train.common import DataError, NonFiniteLossError, check_finite
+from centerloss_ext.train import loop
+from centerloss_ext.train.common import DataError, NonFiniteLossError
 from centerloss_ext.train.models import LeNetPlusPlus
 
 
@@ -167,7 +168,27 @@ def test_augment_batch_shifts_and_flips():
     assert ((plain == 1).nonzero()[:, 3] <= 10).all()
 
 
-def test_non_finite_loss_stops_with_a_message():
-    assert check_finite(torch.tensor(1.5), 0, 0) == 1.5
-    with pytest.raises(NonFiniteLossError, match=r"nan at epoch 3, step 8 \(center=nan\)"):
-        check_finite(torch.tensor(float("nan")), 2, 7, {"center": torch.tensor(float("nan"))})
+def test_running_stats_means_and_the_first_non_finite_step():
+    """Epoch means weighted by batch size, returned at log steps only; a NaN is reported
+    at the next log step with the step where it first happened and its parts."""
+    stats = loop.RunningStats(torch.device("cpu"), epoch=2, steps=10, every=5)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])                       # 2 of 3 right
+    nan = torch.tensor(float("nan"))
+    shown = []
+    with pytest.raises(NonFiniteLossError,
+                       match=r"nan at epoch 3, step 8 \(softmax=0.5, center=nan\)"):
+        for step in range(10):
+            bad = step in (7, 8)
+            loss = nan if bad else torch.tensor(float(step))
+            center = nan if bad else torch.tensor(2.0)
+            shown.append(stats.add(loss, torch.tensor(0.5), center, logits, labels))
+    assert [i for i, m in enumerate(shown) if m is not None] == [4]
+    assert shown[4] == {"loss": 2.0, "softmax": 0.5, "center": 2.0, "acc": 2 / 3, "seen": 15}
+
+
+def test_non_finite_error_message():
+    err = loop.non_finite_error(float("nan"), 2, 7, {"center": float("nan")})
+    assert isinstance(err, NonFiniteLossError)
+    assert str(err).startswith("the loss became nan at epoch 3, step 8 (center=nan); "
+                               "training stopped")

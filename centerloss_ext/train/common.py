@@ -1,16 +1,16 @@
-"""What both training scripts share: seeding, devices, checkpoints, the non-finite-loss
-guard, and the errors that the command lines turn into a one-line message."""
+"""What both training scripts share: seeding, devices, atomic checkpoint and JSON writes,
+the help layout, and the errors that the command lines turn into a one-line message.
+The training loop's own pieces (running statistics, resume, the run record) are in
+``loop``; the machine facts in ``centerloss_ext._machine``."""
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict
 
 import torch
 
@@ -48,22 +48,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_finite(loss: torch.Tensor, epoch: int, step: int,
-                 parts: Optional[Mapping[str, torch.Tensor]] = None,
-                 hint: str = "") -> float:
-    """Returns ``loss.item()``, or raises NonFiniteLossError naming where it happened and
-    which part of the loss went bad. One sync per step; the progress bar needs it anyway."""
-    value = loss.item()
-    if math.isfinite(value):
-        return value
-    detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in (parts or {}).items())
-    raise NonFiniteLossError(
-        f"the loss became {value} at epoch {epoch + 1}, step {step + 1}"
-        + (f" ({detail})" if detail else "")
-        + "; training stopped rather than go on with garbage weights. "
-        + (hint or "Lower the learning rate or the center-loss weight, and check the input data."))
-
-
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     """Writes atomically (temporary file, then rename): an interrupted save never leaves a
     truncated checkpoint where the last good one was."""
@@ -82,44 +66,11 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> Dict[str, Any]:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any],
-                      keys: Sequence[str], path: Path) -> None:
-    """Resuming with different run-defining options would silently mix two runs."""
-    diffs = [f"--{k.replace('_', '-')} {saved.get(k)!r} (now {current.get(k)!r})"
-             for k in keys if saved.get(k) != current.get(k)]
-    if diffs:
-        raise TrainingError(f"{path} was trained with " + ", ".join(diffs)
-                            + ": pass the same options to resume, or use another --out")
-
-
 def write_json(path: Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), for the record of a run."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device) -> Dict[str, Any]:
-    """Where a run ran, for metrics.json."""
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"cpu: {cpu_name()}, {os.cpu_count()} cores"),
-        "cpu_threads": torch.get_num_threads(),
-    }
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,

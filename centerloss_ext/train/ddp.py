@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Sequence
-
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -73,24 +71,16 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-def mean_over_ranks(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
-    """The mean of a scalar over the ranks (a NaN on any rank makes it NaN everywhere, so
-    every rank stops together on a non-finite loss instead of leaving the others waiting)."""
-    value = value.detach().float().reshape(1)
-    if ranks.distributed:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= ranks.world
-    return value[0]
-
-
-def sum_over_ranks(values: Sequence[float], ranks: Ranks, device: torch.device) -> List[float]:
-    """Element-wise sums over the ranks (epoch statistics of the whole data set)."""
+def sum_over_ranks(values: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Element-wise sums of ``values`` over the ranks (a new tensor; ``values`` itself is
+    left alone). One all-reduce, no host read-back: the training loop calls it once per
+    log interval with its running statistics, so that a NaN on any rank stops every rank
+    together instead of leaving the others waiting."""
     if not ranks.distributed:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values
 
 
 def check_same_centers(centers: torch.Tensor, ranks: Ranks) -> None:

@@ -13,22 +13,25 @@ ratio of the test features.
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import CenterLoss
-from .common import (HelpFormatter, check_finite, check_same_config, environment, load_checkpoint,
-                     resolve_device, run_cli, save_checkpoint, seed_everything, write_json)
-from .data import DATASETS, ImageSplits, load_mnist_like, to_unit_range
+from .._machine import environment
+from . import loop, plots
+from .common import (HelpFormatter, load_checkpoint, resolve_device, run_cli, save_checkpoint,
+                     seed_everything, write_json)
 from .evaluate import (extract_features, intra_inter_ratio, knn_accuracy,
                        nearest_center_accuracy, tensor_batches)
+from .idx import DATASETS, ImageSplits, load_mnist_like, to_unit_range
 from .models import LeNetPlusPlus
-from . import plots
 
 PROG = "centerloss-mnist"
 # options that define a run: resuming with other values would mix two runs
@@ -38,33 +41,65 @@ KNN_KS = (1, 5)
 EVAL_BATCH = 1000
 
 
+@dataclass
+class MnistOptions:
+    """Everything a run takes (the command line's options, same names)."""
+    dataset: str = "fashion-mnist"
+    data: Optional[str] = None
+    download: bool = False
+    out: str = "runs/mnist"
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    augment: bool = False
+    center_loss_weight: float = 0.1
+    alpha: float = 0.5
+    feature_dim: int = 2
+    device: str = "cpu"
+    seed: int = 0
+    resume: bool = False
+    limit_train: Optional[int] = None
+    no_progress: bool = False
+    log_every: int = loop.LOG_EVERY          # not a command-line option; not recorded
+
+    def record(self) -> Dict[str, Any]:
+        """The options as metrics.json records them (the command line's keys)."""
+        return {k: v for k, v in asdict(self).items() if k != "log_every"}
+
+
+O = MnistOptions                            # the defaults live in the options
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    p.add_argument("--dataset", choices=DATASETS, default=O.dataset)
     p.add_argument("--data", metavar="DIR", default=None,
                    help="folder with the IDX files (Fashion-MNIST default: "
                         "/usr/share/datasets/fashion-mnist), or torchvision's root")
     p.add_argument("--download", action="store_true",
                    help="let torchvision download the data set into --data")
-    p.add_argument("--out", default="runs/mnist", help="output folder")
-    p.add_argument("--epochs", type=int, default=12, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+    p.add_argument("--out", default=O.out, help="output folder")
+    p.add_argument("--epochs", type=int, default=O.epochs, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=O.batch_size, help="images per step")
+    p.add_argument("--lr", type=float, default=O.lr, help="Adam learning rate")
+    p.add_argument("--weight-decay", type=float, default=O.weight_decay)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=O.lr_schedule,
                    help="cosine: decay to 0 over --epochs (per epoch)")
     p.add_argument("--augment", action="store_true",
                    help="random shifts of up to 2 pixels, and horizontal flips for "
                         "Fashion-MNIST (not for digits)")
     p.add_argument("--center-loss-weight", "--lambda", dest="center_loss_weight", type=float,
-                   default=0.1, help="λ; 0 trains the softmax-only baseline (the centers "
-                                     "are still tracked, for evaluation)")
-    p.add_argument("--alpha", type=float, default=0.5, help="center learning rate α")
-    p.add_argument("--feature-dim", type=int, default=2,
+                   default=O.center_loss_weight,
+                   help="λ; 0 trains the softmax-only baseline (the centers are still "
+                        "tracked, for evaluation)")
+    p.add_argument("--alpha", type=float, default=O.alpha, help="center learning rate α")
+    p.add_argument("--feature-dim", type=int, default=O.feature_dim,
                    help="width of the feature layer (2 as in the paper's plots; wider ones "
                         "are plotted on their first two principal components)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    p.add_argument("--device", default=O.device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=O.seed, help="initialisation and batch order")
     p.add_argument("--resume", action="store_true",
                    help="continue from --out/checkpoint.pt up to --epochs")
     p.add_argument("--limit-train", type=int, default=None, metavar="N",
@@ -78,11 +113,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def lr_at(args: argparse.Namespace, epoch: int) -> float:
-    if args.lr_schedule == "cosine":
-        import math
-        return args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
-    return args.lr
+def lr_at(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of (0-based) ``epoch``: constant, or cosine decay to 0."""
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return lr
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool,
@@ -104,45 +139,41 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool,
 
 def train_one_epoch(model: LeNetPlusPlus, center_loss: CenterLoss,
                     optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                    labels: torch.Tensor, args: argparse.Namespace, epoch: int,
+                    labels: torch.Tensor, opts: MnistOptions, epoch: int,
                     device: torch.device) -> Dict[str, float]:
-    """One pass over the (in-memory) training set in a seeded order; epoch means."""
+    """One pass over the (in-memory) training set in a seeded order; epoch means. The
+    statistics stay on the device and are read back once per ``opts.log_every`` steps."""
     model.train()
     center_loss.train()                        # alpha mode: the forward moves the centers
-    generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(opts.seed * 100_003 + epoch)
     order = torch.randperm(len(images), generator=generator)
-    flip = args.dataset == "fashion-mnist"
-    steps = range(0, len(images), args.batch_size)
-    bar = tqdm(steps, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", leave=False,
-               disable=args.no_progress, dynamic_ncols=True)
-    sums = {"loss": 0.0, "softmax": 0.0, "center": 0.0, "correct": 0, "seen": 0}
-    for step, start in enumerate(bar):
-        idx = order[start:start + args.batch_size]
+    flip = opts.dataset == "fashion-mnist"
+    steps = range(0, len(images), opts.batch_size)
+    stats = loop.RunningStats(device, epoch, len(steps), opts.log_every)
+    bar = tqdm(steps, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="batch", leave=False,
+               disable=opts.no_progress, dynamic_ncols=True)
+    for start in bar:
+        idx = order[start:start + opts.batch_size]
         x = images[idx]
-        if args.augment:
+        if opts.augment:
             x = augment_batch(x, generator, flip)
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = labels[idx].to(device, non_blocking=True)
         features, logits = model(x)
         softmax = F.cross_entropy(logits, y)
         center = center_loss(features, y)
-        loss = softmax + args.center_loss_weight * center
-        value = check_finite(loss, epoch, step, {"softmax": softmax, "center": center})
+        loss = softmax + opts.center_loss_weight * center
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        n = len(y)
-        sums["loss"] += value * n
-        sums["softmax"] += softmax.item() * n
-        sums["center"] += center.item() * n
-        sums["correct"] += int((logits.argmax(1) == y).sum())
-        sums["seen"] += n
-        bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}",
-                        acc=f"{sums['correct'] / sums['seen']:.4f}", refresh=False)
+        means = stats.add(loss, softmax, center, logits, y)
+        if means is not None:
+            bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.4f}",
+                            refresh=False)
     bar.close()
-    seen = sums["seen"]
-    return {"train_loss": sums["loss"] / seen, "train_softmax_loss": sums["softmax"] / seen,
-            "train_center_loss": sums["center"] / seen, "train_acc": sums["correct"] / seen}
+    m = stats.means or stats.sync()
+    return {"train_loss": m["loss"], "train_softmax_loss": m["softmax"],
+            "train_center_loss": m["center"], "train_acc": m["acc"]}
 
 
 def features_of(model: LeNetPlusPlus, images: torch.Tensor, labels: torch.Tensor,
@@ -166,85 +197,78 @@ def evaluate_test(model: LeNetPlusPlus, center_loss: CenterLoss, data: ImageSpli
     return metrics, feats
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
-    """Trains, evaluates and writes everything to ``args.out``; returns metrics.json's
+def run(opts: MnistOptions) -> Dict[str, Any]:
+    """Trains, evaluates and writes everything to ``opts.out``; returns metrics.json's
     content."""
-    device = resolve_device(args.device)
-    seed_everything(args.seed)
-    data = load_mnist_like(args.dataset, args.data, args.download)
-    out = Path(args.out)
+    device = resolve_device(opts.device)
+    seed_everything(opts.seed)
+    data = load_mnist_like(opts.dataset, opts.data, opts.download)
+    out = Path(opts.out)
     (out / "epochs").mkdir(parents=True, exist_ok=True)
     train_images = to_unit_range(data.train_images)
     train_labels = data.train_labels
-    if args.limit_train is not None:
-        train_images, train_labels = train_images[:args.limit_train], train_labels[:args.limit_train]
+    if opts.limit_train is not None:
+        train_images, train_labels = train_images[:opts.limit_train], train_labels[:opts.limit_train]
     test_images = to_unit_range(data.test_images)
     num_classes = len(data.class_names)
 
-    model = LeNetPlusPlus(num_classes, args.feature_dim).to(device,
+    model = LeNetPlusPlus(num_classes, opts.feature_dim).to(device,
                                                             memory_format=torch.channels_last)
-    center_loss = CenterLoss(num_classes, args.feature_dim, alpha=args.alpha, device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    center_loss = CenterLoss(num_classes, opts.feature_dim, alpha=opts.alpha, device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
 
-    config = {k: getattr(args, k) for k in RUN_KEYS}
+    config = {k: getattr(opts, k) for k in RUN_KEYS}
     run_keys = RUN_KEYS
-    if args.lr_schedule == "cosine":           # the schedule depends on the total
-        config["epochs"] = args.epochs
+    if opts.lr_schedule == "cosine":           # the schedule depends on the total
+        config["epochs"] = opts.epochs
         run_keys = RUN_KEYS + ("epochs",)
-    history: List[Dict[str, Any]] = []
-    start_epoch, elapsed = 0, 0.0
     ckpt_path = out / "checkpoint.pt"
-    if args.resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        check_same_config(ckpt["config"], config, run_keys, ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        center_loss.load_state_dict(ckpt["center_loss"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+    ckpt = load_checkpoint(ckpt_path, map_location=device) if opts.resume else None
+    states = {"model": model, "center_loss": center_loss, "optimizer": optimizer}
+    progress = loop.resume(ckpt, ckpt_path, config, run_keys, states)
+    if ckpt is not None:
         torch.set_rng_state(ckpt["torch_rng"])
-        start_epoch, history, elapsed = ckpt["epoch"], ckpt["history"], ckpt["train_seconds"]
-        print(f"resuming {ckpt_path} after epoch {start_epoch}")
-    elif ckpt_path.exists():
-        print(f"note: starting afresh; {ckpt_path} will be overwritten (--resume continues it)")
 
-    tag = "softmax only" if args.center_loss_weight == 0 else \
-        f"softmax + {args.center_loss_weight:g}·center loss (α={args.alpha:g})"
-    print(f"{PROG}: LeNet++ ({args.feature_dim}-D features), {tag}, {args.dataset} "
+    tag = "softmax only" if opts.center_loss_weight == 0 else \
+        f"softmax + {opts.center_loss_weight:g}·center loss (α={opts.alpha:g})"
+    print(f"{PROG}: LeNet++ ({opts.feature_dim}-D features), {tag}, {opts.dataset} "
           f"({len(train_images)} train / {len(test_images)} test) on {device}, "
-          f"{args.epochs} epoch{'s' if args.epochs != 1 else ''} -> {out}")
-    for epoch in range(start_epoch, args.epochs):
+          f"{opts.epochs} epoch{'s' if opts.epochs != 1 else ''} -> {out}")
+    history = progress.history
+    for epoch in range(progress.epoch, opts.epochs):
+        lr = lr_at(opts.lr, opts.lr_schedule, epoch, opts.epochs)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(args, epoch)
+            group["lr"] = lr
         t0 = time.perf_counter()
         train_metrics = train_one_epoch(model, center_loss, optimizer, train_images,
-                                        train_labels, args, epoch, device)
-        elapsed += time.perf_counter() - t0
+                                        train_labels, opts, epoch, device)
+        progress.train_seconds += time.perf_counter() - t0
+        progress.epoch = epoch + 1
+        elapsed = progress.train_seconds
         test_metrics, test_feats = evaluate_test(model, center_loss, data, test_images, device)
-        row = {"epoch": epoch + 1, "lr": lr_at(args, epoch), **train_metrics, **test_metrics,
+        row = {"epoch": epoch + 1, "lr": lr, **train_metrics, **test_metrics,
                "train_seconds": round(elapsed, 1)}
         history.append(row)
         plots.feature_scatter(out / "epochs" / f"epoch_{epoch + 1:02d}.png", test_feats,
                               data.test_labels, center_loss.centers, data.class_names,
-                              f"{args.dataset} test, epoch {epoch + 1}: {tag}\n"
+                              f"{opts.dataset} test, epoch {epoch + 1}: {tag}\n"
                               f"nearest-center acc {test_metrics['test_nearest_center_acc']:.3f}"
                               f", intra/inter {test_metrics['test_intra_inter_ratio']:.3f}")
-        tqdm.write(f"epoch {epoch + 1}/{args.epochs}  loss {row['train_loss']:.4f}  "
+        tqdm.write(f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  "
                    f"train acc {row['train_acc']:.4f}  test softmax acc "
                    f"{row['test_softmax_acc']:.4f}  nearest-center {row['test_nearest_center_acc']:.4f}"
                    f"  intra/inter {row['test_intra_inter_ratio']:.3f}  ({elapsed:.0f} s)")
-        save_checkpoint(ckpt_path, {
-            "config": config, "epoch": epoch + 1, "history": history, "train_seconds": elapsed,
-            "model": model.state_dict(), "center_loss": center_loss.state_dict(),
-            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-            "class_names": list(data.class_names),
-        })
-        write_json(out / "metrics.json", _metrics(args, data, device, history, None))
+        save_checkpoint(ckpt_path, loop.checkpoint_state(
+            config, progress, states, torch_rng=torch.get_rng_state(),
+            class_names=list(data.class_names)))
+        write_json(out / "metrics.json", _metrics(opts, data, device, history, None))
 
     # Final: k-NN of the test features against the (un-augmented) training features.
     train_feats, _, _ = features_of(model, train_images, train_labels, device)
     test_feats, test_y, _ = features_of(model, test_images, data.test_labels, device)
     knn = knn_accuracy(train_feats, train_labels, test_feats, test_y, KNN_KS)
     final = {**history[-1], **{f"test_knn{k}_acc": v for k, v in knn.items()}}
-    metrics = _metrics(args, data, device, history, final)
+    metrics = _metrics(opts, data, device, history, final)
     write_json(out / "metrics.json", metrics)
     plots.training_curves(out / "curves.png", history)
     all_frames = sorted((out / "epochs").glob("epoch_*.png"))
@@ -257,14 +281,15 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     return metrics
 
 
-def _metrics(args, data: ImageSplits, device, history, final) -> Dict[str, Any]:
-    return {"config": vars(args), "data": {"source": data.source, "classes": list(data.class_names)},
-            "environment": environment(device), "final": final, "history": history}
+def _metrics(opts: MnistOptions, data: ImageSplits, device: torch.device, history,
+             final) -> Dict[str, Any]:
+    return loop.run_record(opts.record(), environment(device), history, final,
+                           data={"source": data.source, "classes": list(data.class_names)})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
-    return run_cli(PROG, lambda: run(args))
+    return run_cli(PROG, lambda: run(MnistOptions(**vars(args))))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,263 @@
+"""`centerloss-faces train`: softmax + λ·center loss on ``DIR/train``, evaluated on
+``DIR/val``, one checkpoint and metrics.json per epoch (``resume`` continues exactly).
+Under torchrun every rank trains on its share of train/ (DDP for the model, CenterLoss
+syncing the centers); rank 0 logs, evaluates and saves."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .. import CenterLoss
+from .._machine import environment
+from . import ddp, loop, plots
+from .common import load_checkpoint, save_checkpoint, seed_everything, write_json
+from .faces_eval import EvalOptions, evaluate, summary
+from .faces_model import (CHECKPOINT_KIND, DEFAULT_WORKERS, MODEL_KEYS, PROG, amp_dtype,
+                          build_model)
+from .folders import FaceFolders, ImageListDataset, face_transforms, load_face_folders, make_loader
+
+# options that define a run: resuming with other values would mix two runs
+RUN_KEYS = MODEL_KEYS + ("optimizer", "lr", "momentum", "weight_decay", "scheduler",
+                         "milestones", "warmup_epochs", "batch_size", "center_loss_weight",
+                         "alpha", "clip_grad_norm", "seed", "augment")
+NAN_HINT = ("Lower --lr or --center-loss-weight, keep --clip-grad-norm and the warm-up on, "
+            "and check the images.")
+
+
+@dataclass
+class TrainOptions:
+    """Everything `train` takes (the command line's options, same names). ``lr``,
+    ``weight_decay`` and ``milestones`` left as None get the optimizer's and the epochs'
+    defaults."""
+    input_dir: str
+    out: str = "runs/faces"
+    num_classes: Optional[int] = None
+    arch: str = "resnet18"
+    feature_dim: int = 512
+    image_size: int = 112
+    dropout: float = 0.2
+    augment: bool = True
+    epochs: int = 20
+    optimizer: str = "sgd"
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: Optional[float] = None
+    scheduler: str = "cosine"
+    milestones: Optional[List[int]] = None
+    warmup_epochs: float = 1.0
+    clip_grad_norm: float = 5.0
+    center_loss_weight: float = 0.005
+    alpha: float = 0.5
+    eval_every: int = 1
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    batch_size: int = 128
+    workers: int = DEFAULT_WORKERS
+    amp: str = "auto"
+    no_progress: bool = False
+    gallery_per_class: int = 10
+    max_pairs: int = 2_000_000
+    log_every: int = loop.LOG_EVERY          # not a command-line option; not recorded
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = 0.1 if self.optimizer == "sgd" else 1e-3
+        if self.weight_decay is None:
+            self.weight_decay = 5e-4 if self.optimizer == "sgd" else 0.05
+        if self.milestones is None:
+            self.milestones = [max(1, self.epochs // 2), max(1, (3 * self.epochs) // 4)]
+
+    def record(self) -> Dict[str, Any]:
+        """The options as metrics.json records them (the command line's keys)."""
+        return {"command": "train", **{k: v for k, v in asdict(self).items()
+                                       if k != "log_every"}}
+
+
+def build_training(opts: TrainOptions, num_classes: int, steps_per_epoch: int,
+                   device: torch.device):
+    """Model, center loss, optimizer and per-step scheduler, built in one place."""
+    model = build_model({k: getattr(opts, k) for k in MODEL_KEYS}, num_classes, device)
+    center_loss = CenterLoss(num_classes, opts.feature_dim, alpha=opts.alpha, device=device)
+    if opts.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum,
+                                    weight_decay=opts.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr,
+                                      weight_decay=opts.weight_decay)
+    total = opts.epochs * steps_per_epoch
+    warmup = int(round(opts.warmup_epochs * steps_per_epoch))
+    milestones = [m * steps_per_epoch for m in opts.milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if opts.scheduler == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 0.1 ** sum(step >= m for m in milestones)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return model, center_loss, optimizer, scheduler
+
+
+def train_one_epoch(model: torch.nn.Module, center_loss: CenterLoss, optimizer, scheduler,
+                    scaler, loader: DataLoader, *, epoch: int, epochs: int,
+                    device: torch.device, autocast: Optional[torch.dtype],
+                    center_loss_weight: float, clip_grad_norm: float,
+                    show_progress: bool = True, ranks: ddp.Ranks = ddp.Ranks(),
+                    log_every: int = loop.LOG_EVERY) -> Dict[str, float]:
+    """One pass over ``loader``; returns epoch means (over every rank's share under
+    torchrun). The statistics stay on the device and are read back once per
+    ``log_every`` steps, which is also when a non-finite loss stops the run (on every
+    rank at once), naming the step where it first happened."""
+    model.train()
+    center_loss.train()                          # alpha mode: the forward moves the centers
+    stats = loop.RunningStats(device, epoch, len(loader), log_every, ranks, NAN_HINT)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+               disable=not show_progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for x, y in bar:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast or torch.float32,
+                            enabled=autocast is not None):
+            features, logits = model(x)
+        softmax = F.cross_entropy(logits.float(), y)
+        center = center_loss(features.float(), y)
+        loss = softmax + center_loss_weight * center
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        means = stats.add(loss, softmax, center, logits, y)
+        if means is not None:
+            bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.4f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.3g}", refresh=False)
+    bar.close()
+    m = stats.means or stats.sync()
+    return {"train_loss": m["loss"], "train_softmax_loss": m["softmax"],
+            "train_center_loss": m["center"], "train_acc": m["acc"],
+            "images_per_second": m["seen"] / (time.perf_counter() - t0)}
+
+
+def train(opts: TrainOptions) -> Dict[str, Any]:
+    """The `train` job; returns metrics.json's content (empty on ranks other than 0)."""
+    ranks, device = ddp.setup(opts.device)
+    try:
+        return _train(opts, ranks, device)
+    finally:
+        ddp.cleanup(ranks)
+
+
+def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[str, Any]:
+    log = print if ranks.main else (lambda *a, **k: None)
+    autocast = amp_dtype(opts.amp, device)
+    seed_everything(opts.seed)
+    out = Path(opts.out)
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path, map_location=device) if opts.resume else None
+    folders = load_face_folders(Path(opts.input_dir), opts.num_classes,
+                                class_names=ckpt["class_names"] if ckpt else None)
+    unseen = folders.val.unseen
+    if unseen:
+        log(f"val/: {len(unseen)} {'identity' if len(unseen) == 1 else 'identities'} not in "
+            f"train/ ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''})"
+            ": used for verification only")
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+    train_set = ImageListDataset(folders.train.samples,
+                                 face_transforms(opts.image_size, train=True, augment=opts.augment))
+    generator = torch.Generator()
+    sampler = (DistributedSampler(train_set, ranks.world, ranks.rank, shuffle=True,
+                                  seed=opts.seed) if ranks.distributed else None)
+    share = len(sampler) if sampler else len(train_set)
+    # drop_last: a last batch of one would break BatchNorm's batch statistics
+    loader = make_loader(train_set, opts.batch_size, True, opts.workers, device, generator,
+                         drop_last=share > opts.batch_size, sampler=sampler)
+    net, center_loss, optimizer, scheduler = build_training(opts, folders.num_classes,
+                                                            len(loader), device)
+    model = ddp.wrap(net, ranks, device)     # `net` is the bare model: saved, evaluated
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
+    config = {k: getattr(opts, k) for k in RUN_KEYS}
+    config["epochs"] = opts.epochs
+    config["world_size"] = ranks.world       # --batch-size is per rank
+    states = {"model": net, "center_loss": center_loss, "optimizer": optimizer,
+              "scheduler": scheduler, "scaler": scaler}
+    progress = loop.resume(ckpt, ckpt_path, config, RUN_KEYS + ("epochs", "world_size"),
+                           states, log)
+    log(f"{PROG}: {opts.arch} ({opts.image_size}px, {opts.feature_dim}-D), "
+        f"{folders.num_classes} identities, {len(train_set)} train / "
+        f"{len(folders.val.samples)} val images, λ={opts.center_loss_weight:g}, "
+        f"{opts.optimizer} lr {opts.lr:g}, on {device}"
+        f"{f' x {ranks.world} ranks' if ranks.distributed else ''}"
+        f"{f' with {autocast}'.replace('torch.', '') if autocast else ''} -> {out}")
+    eval_options = EvalOptions(opts.gallery_per_class, opts.max_pairs, opts.seed)
+    for epoch in range(progress.epoch, opts.epochs):
+        epoch_seed = opts.seed * 100_003 + epoch      # same order and augmentations on resume
+        torch.manual_seed(epoch_seed + ranks.rank)   # each rank its own augmentations
+        generator.manual_seed(epoch_seed)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        row: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row.update(train_one_epoch(
+            model, center_loss, optimizer, scheduler, scaler, loader, epoch=epoch,
+            epochs=opts.epochs, device=device, autocast=autocast,
+            center_loss_weight=opts.center_loss_weight, clip_grad_norm=opts.clip_grad_norm,
+            show_progress=ranks.main and not opts.no_progress, ranks=ranks,
+            log_every=opts.log_every))
+        ddp.check_same_centers(center_loss.centers, ranks)
+        progress.train_seconds += time.perf_counter() - t0
+        progress.epoch = epoch + 1
+        row["train_seconds"] = round(progress.train_seconds, 1)
+        if not ranks.main:                   # rank 0 evaluates and saves
+            ddp.barrier(ranks)
+            continue
+        if (epoch + 1) % opts.eval_every == 0 or epoch + 1 == opts.epochs:
+            metrics, roc = evaluate(net, center_loss, folders, opts.image_size, device,
+                                    autocast, opts.batch_size, opts.workers, eval_options)
+            row.update(metrics)
+            if roc is not None:
+                plots.roc_plot(out / "roc.png", roc["fpr"], roc["tpr"],
+                               f"val/ verification, epoch {epoch + 1}: AUC "
+                               f"{metrics['val_roc_auc']:.4f}")
+        progress.history.append(row)
+        tqdm.write(f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  train acc "
+                   f"{row['train_acc']:.4f}  {summary(row)}  ({progress.train_seconds:.0f} s)")
+        save_checkpoint(ckpt_path, loop.checkpoint_state(
+            config, progress, states, kind=CHECKPOINT_KIND,
+            model_config={k: getattr(opts, k) for k in MODEL_KEYS},
+            class_names=folders.class_names))
+        write_json(out / "metrics.json", _record(opts, folders, device, progress.history, ranks))
+        ddp.barrier(ranks)
+    if not ranks.main:
+        return {}
+    plots.training_curves(out / "curves.png", progress.history,
+                          accuracy_keys=("train_acc", "val_knn1_acc", "val_softmax_acc",
+                                         "val_roc_auc"))
+    result = _record(opts, folders, device, progress.history, ranks)
+    write_json(out / "metrics.json", result)
+    print(f"wrote {out}/: checkpoint.pt, metrics.json, curves.png, roc.png")
+    return result
+
+
+def _record(opts: TrainOptions, folders: FaceFolders, device: torch.device,
+            history: List[Dict[str, Any]], ranks: ddp.Ranks) -> Dict[str, Any]:
+    evaluated = [h for h in history if "val_images" in h]
+    return loop.run_record(opts.record(), {**environment(device), "world_size": ranks.world},
+                           history, evaluated[-1] if evaluated else None,
+                           identities=folders.num_classes,
+                           unseen_val_identities=folders.val.unseen)
