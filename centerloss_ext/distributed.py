@@ -27,15 +27,25 @@ Both steps are custom ops (``torch.ops.centerloss.sync_update_``, ``.broadcast_`
 outputs, opaque to ``torch.compile``: a compiled CenterLoss traces without a graph break
 under sync too.
 """
-import importlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
+from . import ops, reference
 from ._checks import FLOAT_DTYPES, check_inputs
 
 __all__ = ["all_gather_batch", "is_initialized"]
+
+# The two implementations of the functional API, by the number CenterLoss keeps and the
+# synced update op takes (an op's arguments are plain values, and a number names no
+# module): the compiled ops and the pure-PyTorch reference.
+COMPILED, REFERENCE = 0, 1
+IMPLEMENTATIONS = (ops, reference)
+# What each applies to the gathered batch. Its labels were checked on their own rank, by the
+# loss before the exchange, so the reference does not read them again; the compiled
+# kernels check in the same pass as the update (see set_cuda_label_check for CUDA).
+_GATHERED_UPDATES = (ops.update_centers_, reference.update_checked_centers_)
 
 # Process groups by key: a custom op's arguments must be tensors or plain values, so the
 # module stores an int. Key 0 means the default group, looked up at call time.
@@ -183,20 +193,21 @@ def all_gather_batch(features: torch.Tensor, labels: torch.Tensor,
 # --- the ops CenterLoss calls ---------------------------------------------------------------
 
 def _sync_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
-                  alpha: float, key: int, impl: str) -> None:
+                  alpha: float, key: int, impl: int) -> None:
     x, y = _gather(features, labels, centers, group_of(key))
     # deterministic: the same sums in the same order on every rank (on CUDA the default
     # path adds with atomics, whose order varies), so the centers stay bit-identical.
-    importlib.import_module(impl).update_centers_(centers, x, y, alpha, deterministic=True)
+    _GATHERED_UPDATES[impl](centers, x, y, alpha, deterministic=True)
 
 
 sync_update_op = torch.library.custom_op(
     "centerloss::sync_update_", _sync_update_, mutates_args=("centers",),
     schema="(Tensor(a!) centers, Tensor features, Tensor labels, float alpha, int group_key, "
-           "str impl) -> ()")
+           "int impl) -> ()")
 sync_update_op.__doc__ = """The alpha rule applied to the global batch of the group of
-``group_key``, in place, the same on every rank. ``impl``: the module whose
-``update_centers_`` does the update (centerloss_ext.ops or centerloss_ext.reference)."""
+``group_key``, in place, the same on every rank. ``impl``: COMPILED or REFERENCE, the
+implementation that does the update. The labels must have been checked on their rank (the
+synced step's loss does it)."""
 
 
 @sync_update_op.register_fake

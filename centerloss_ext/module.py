@@ -1,15 +1,17 @@
-"""CenterLoss: the nn.Module most users want."""
+"""CenterLoss, the nn.Module most users want, in its two flavours: on the compiled ops
+(``centerloss_ext.CenterLoss``) and on the pure-PyTorch reference
+(``centerloss_ext.reference.CenterLoss``)."""
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from . import distributed as _distributed
-from . import ops as _compiled_ops
+from . import reference as _reference
 from ._checks import check_alpha, reduction_code
+from .distributed import COMPILED, IMPLEMENTATIONS, REFERENCE
 
 CENTER_UPDATES = ("alpha", "optimizer")
 
@@ -53,8 +55,9 @@ class CenterLoss(nn.Module):
     parameter and DDP keeps it in sync (by all-reducing its C × D gradient).
     """
 
-    # The functions that do the work; centerloss_ext.reference swaps in plain PyTorch.
-    _ops: ModuleType = _compiled_ops
+    # The functions that do the work, by their number in distributed.IMPLEMENTATIONS
+    # (ReferenceCenterLoss: plain PyTorch).
+    _impl: int = COMPILED
 
     def __init__(self, num_classes: int, feature_dim: int, alpha: float = 0.5,
                  center_update: str = "alpha", reduction: str = "mean",
@@ -105,12 +108,13 @@ class CenterLoss(nn.Module):
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss of ``features`` (B, D) with ``labels`` (B,); in alpha mode and training,
         also the center update."""
+        impl = IMPLEMENTATIONS[self._impl]
         if self.center_update == "alpha" and self.training:
             if self.syncs_centers():
                 return self._synced_step(features, labels)
-            return self._ops.center_loss_and_update_(features, labels, self.centers,
-                                                     self.alpha, self.reduction)
-        return self._ops.center_loss(features, labels, self.centers, self.reduction)
+            return impl.center_loss_and_update_(features, labels, self.centers, self.alpha,
+                                                self.reduction)
+        return impl.center_loss(features, labels, self.centers, self.reduction)
 
     def _synced_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not self._centers_shared:
@@ -119,7 +123,9 @@ class CenterLoss(nn.Module):
             _distributed.broadcast_op(self.centers, self._group_key)
             self._centers_shared = True
         try:
-            loss = self._ops.center_loss(features, labels, self.centers, self.reduction)
+            # checks the labels, for the update of the gathered batch too
+            loss = IMPLEMENTATIONS[self._impl].center_loss(features, labels, self.centers,
+                                                           self.reduction)
         except Exception:
             # Bad input here (a label out of range, say): tell the other ranks, which would
             # otherwise wait for this one in the exchange, then raise. (Eager mode only: a
@@ -128,13 +134,26 @@ class CenterLoss(nn.Module):
             raise
         # After the loss, which uses the centers from before the update.
         _distributed.sync_update_op(self.centers, features.detach(), labels, self.alpha,
-                                    self._group_key, self._ops.__name__)
+                                    self._group_key, self._impl)
         return loss
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
                 f"alpha={self.alpha}, center_update={self.center_update!r}, "
                 f"reduction={self.reduction!r}" + ("" if self.sync else ", sync=False"))
+
+
+class ReferenceCenterLoss(CenterLoss):
+    """:class:`CenterLoss` computed with plain PyTorch ops (``centerloss_ext.reference``):
+    the oracle of the tests and the pure-PyTorch baseline of the benchmark. Also known as
+    ``centerloss_ext.reference.CenterLoss``."""
+
+    _impl = REFERENCE
+
+
+# Published beside the functions it runs on. reference.py itself imports nothing of the
+# package but the checks, so the class is built here, above both implementations.
+_reference.CenterLoss = ReferenceCenterLoss
 
 
 def _centers_loaded(module: CenterLoss, incompatible_keys) -> None:

@@ -4,20 +4,25 @@ version" of the benchmarks.
 O(B × D) memory and time like the compiled ops: it gathers the B center rows it needs
 (index_select) and scatters per-class sums into the classes present (unique +
 index_add), never forming a B × C distance matrix or a C × D buffer per step.
+
+This file depends on torch and the shared checks only. Its ``CenterLoss`` (the module on
+these functions) is built in module.py, beside the compiled one, and published here.
 """
 from __future__ import annotations
 
 import contextlib
-import sys
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 
-from . import module as _module
 from ._checks import (acc_dtype, check_alpha, check_inputs, check_label_range, loss_dtype,
                       reduction_code)
 
-__all__ = ["CenterLoss", "center_loss", "center_loss_and_update_", "update_centers_"]
+if TYPE_CHECKING:  # set by module.py, which imports this file (not the other way round)
+    from .module import ReferenceCenterLoss as CenterLoss  # noqa: F401
+
+__all__ = ["CenterLoss", "center_loss", "center_loss_and_update_", "update_centers_",
+           "update_checked_centers_"]
 
 
 def _check(features, labels, centers) -> None:
@@ -87,6 +92,18 @@ def update_centers_(centers: torch.Tensor, features: torch.Tensor, labels: torch
     (it matters on CUDA only: on the CPU index_add sums in index order)."""
     check_alpha(alpha)
     _check(features, labels, centers)
+    return update_checked_centers_(centers, features, labels, alpha,
+                                   deterministic=deterministic)
+
+
+@torch.no_grad()
+def update_checked_centers_(centers: torch.Tensor, features: torch.Tensor,
+                            labels: torch.Tensor, alpha: float, *,
+                            deterministic: Optional[bool] = None) -> torch.Tensor:
+    """:func:`update_centers_` on inputs already checked: reads no label values first (on
+    CUDA, no host sync). For the synced step, whose gathered labels every rank's loss
+    checked. A label out of range still raises (index_select's own check), only with a
+    terser message."""
     if features.shape[0] == 0:
         return centers
     with _deterministic_algorithms(bool(deterministic) and centers.is_cuda):
@@ -113,13 +130,8 @@ def center_loss_and_update_(features: torch.Tensor, labels: torch.Tensor,
     if centers.requires_grad:
         raise ValueError("centers must not require grad when updated by the alpha rule; "
                          "use center_update='optimizer' to learn them by gradient")
+    check_alpha(alpha)
     _check(features, labels, centers)
     loss = _loss(features, _rows_outside_graph(centers, labels), reduction)
-    update_centers_(centers, features.detach(), labels, alpha)
+    update_checked_centers_(centers, features.detach(), labels, alpha)
     return loss
-
-
-class CenterLoss(_module.CenterLoss):
-    """:class:`centerloss_ext.CenterLoss` computed with plain PyTorch ops."""
-
-    _ops = sys.modules[__name__]

@@ -205,13 +205,43 @@ def test_world_of_one_traces_fullgraph_and_updates_like_one_process(world_of_one
     assert torch.equal(crit.centers, cl.update_centers_(torch.zeros(W.C, W.D), x, y, W.ALPHA))
 
 
+# the number by which the synced update op picks the update (its static table)
+IMPL_CODES = {"compiled": cl.distributed.COMPILED, "reference": cl.distributed.REFERENCE}
+
+
 @pytest.mark.parametrize("impl", OPS)
 def test_opcheck_sync_ops(world_of_one, impl):
     x, y = W.batch(0, 0, 9, torch.float16)
     centers = W.initial_centers()
     torch.library.opcheck(cl.distributed.sync_update_op,
-                          (centers, x, y.int(), W.ALPHA, 0, OPS[impl].__name__))
+                          (centers, x, y.int(), W.ALPHA, 0, IMPL_CODES[impl]))
     torch.library.opcheck(cl.distributed.broadcast_op, (centers, 0))
+
+
+def test_sync_op_schema_names_no_module():
+    schema = str(torch.ops.centerloss.sync_update_.default._schema)
+    assert "str" not in schema and "int impl" in schema, schema
+
+
+def test_synced_step_reads_the_labels_once(world_of_one, monkeypatch):
+    # the loss checks this rank's labels before the exchange; the update of the gathered
+    # batch (made of labels every rank checked) does not read them again
+    calls = []
+    check = reference.check_label_range
+    monkeypatch.setattr(reference, "check_label_range",
+                        lambda labels, n: calls.append(len(labels)) or check(labels, n))
+    crit = W.IMPLS["reference"](W.C, W.D, alpha=W.ALPHA)
+    assert crit.syncs_centers()
+    x, y = W.batch(0, 0, 12)
+    crit(x, y)
+    assert calls == [12]
+    assert torch.equal(crit.centers,
+                       reference.update_centers_(torch.zeros(W.C, W.D), x, y, W.ALPHA))
+    y[3] = W.C  # a bad label still raises, with the checked message, and moves nothing
+    before = crit.centers.clone()
+    with pytest.raises(IndexError, match=rf"\[0, {W.C}\)"):
+        crit(x, y)
+    assert torch.equal(crit.centers, before)
 
 
 # --- without torch.distributed -----------------------------------------------------------

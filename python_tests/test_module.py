@@ -119,3 +119,56 @@ def test_repr_and_functional_exports():
     assert cl.__version__
     for name in ("center_loss", "update_centers_", "center_loss_and_update_"):
         assert callable(getattr(cl, name)) and callable(getattr(reference, name))
+
+
+# --- how the package hangs together (issue 12) -----------------------------------------
+
+# Which sibling modules each core module may import: the oracle depends on nothing but
+# the shared checks; both CenterLoss flavours are built in module.py, on top.
+ALLOWED_IMPORTS = {
+    "_checks": set(),
+    "ops": {"_checks", "_C"},
+    "reference": {"_checks"},
+    "distributed": {"_checks", "ops", "reference"},
+    "module": {"_checks", "ops", "reference", "distributed"},
+}
+
+
+def _package_imports(name: str) -> set:
+    """The centerloss_ext modules that ``name``.py imports at run time (``if
+    TYPE_CHECKING:`` blocks left out), and "importlib" if it imports by name."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(cl.__file__).parent / f"{name}.py").read_text())
+    found = set()
+
+    def visit(node):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("centerloss"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names
+                         if a.name.startswith("centerloss") or a.name == "importlib")
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+@pytest.mark.parametrize("name", ALLOWED_IMPORTS)
+def test_import_graph(name):
+    assert _package_imports(name) <= ALLOWED_IMPORTS[name]
+
+
+def test_reference_module_is_the_reference_flavour_of_center_loss():
+    crit = reference.CenterLoss(4, 3, alpha=0.5)
+    assert isinstance(crit, CenterLoss)
+    x, y = torch.randn(16, 3), torch.arange(16) % 4
+    torch.testing.assert_close(crit(x, y), reference.center_loss(x, y, torch.zeros(4, 3)))
+    torch.testing.assert_close(crit.centers,
+                               reference.update_centers_(torch.zeros(4, 3), x, y, 0.5))
