@@ -172,3 +172,12 @@ def test_reference_module_is_the_reference_flavour_of_center_loss():
     torch.testing.assert_close(crit(x, y), reference.center_loss(x, y, torch.zeros(4, 3)))
     torch.testing.assert_close(crit.centers,
                                reference.update_centers_(torch.zeros(4, 3), x, y, 0.5))
+
+
+def test_reference_training_step_reads_the_labels_once(monkeypatch):
+    calls = []
+    check = reference.check_label_range
+    monkeypatch.setattr(reference, "check_label_range",
+                        lambda labels, n: calls.append(len(labels)) or check(labels, n))
+    reference.CenterLoss(4, 3)(torch.randn(16, 3), torch.arange(16) % 4)
+    assert calls == [16]
