@@ -1,4 +1,4 @@
-"""What the multi-process center sync costs per step (README "Multi-GPU"; bench/RESULTS.md).
+"""What the multi-process center sync costs per step (docs/multi_gpu.md; bench/RESULTS.md).
 
 Spawns `--world` ranks on one machine (gloo on the CPU by default, NCCL with --nccl, one GPU
 a rank), and times, per step of a CenterLoss in alpha mode (median and min of --reps):
@@ -9,7 +9,7 @@ a rank), and times, per step of a CenterLoss in alpha mode (median and min of --
                  plus a copy of the result into contiguous tensors);
 - C×D all-reduce: what averaging the centers instead would cost (the design not taken).
 
-Bytes per step and rank, from the formula in the README, are printed beside them.
+Bytes per step and rank, from the formula in docs/multi_gpu.md, are printed beside them.
 
     python bench/sync_cost.py --world 2 --batch 512 --dim 512 --classes 1000 100000
 """

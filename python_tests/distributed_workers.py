@@ -165,7 +165,7 @@ def _ddp(rank, center_update):
     with torch.no_grad():
         net.crit.centers.normal_()
     # Alpha mode: centers are kept equal by the sync; broadcasting them is the waste the
-    # README warns about, so it is off.
+    # docs/multi_gpu.md warns about, so it is off.
     model = DistributedDataParallel(net, broadcast_buffers=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for step in range(3):
