@@ -137,10 +137,11 @@ def test_loss_is_twice_ours_plus_the_clamp_of_the_masked_out_zeros():
 
 
 @pytest.mark.parametrize("weight_cent,lr_cent", [(1.0, 0.5), (0.003, 0.5), (0.1, 0.05)])
-@pytest.mark.parametrize("how", ["param_group", "rescale"])
+@pytest.mark.parametrize("how", ["param_group", "own_sgd", "rescale"])
 def test_one_training_step_agrees_under_the_mapping(weight_cent, lr_cent, how):
-    """λ = 2 × weight_cent; the centers' SGD learning rate lr_cent / weight_cent (one param
-    group), or their 1/λ rescale kept with learning rate 2 × lr_cent."""
+    """λ = 2 × weight_cent; the centers' SGD learning rate lr_cent / weight_cent (a param
+    group of the model's SGD, or an SGD of their own), or their 1/λ rescale kept with
+    learning rate 2 × lr_cent."""
     C, D, lr_model = 7, 3, 0.1
     net, theirs, images, y = setup(C, D)
     net2 = copy.deepcopy(net)
@@ -154,6 +155,10 @@ def test_one_training_step_agrees_under_the_mapping(weight_cent, lr_cent, how):
         opts = [torch.optim.SGD([{"params": net2.parameters()},
                                  {"params": ours.parameters(), "lr": lr_cent / weight_cent}],
                                 lr=lr_model)]
+        loss_o, grad_o = ours_step(net2, ours, images, y, lam, opts)
+    elif how == "own_sgd":
+        opts = [torch.optim.SGD(net2.parameters(), lr=lr_model),
+                torch.optim.SGD(ours.parameters(), lr=lr_cent / weight_cent)]
         loss_o, grad_o = ours_step(net2, ours, images, y, lam, opts)
     else:
         opts = [torch.optim.SGD(net2.parameters(), lr=lr_model),
