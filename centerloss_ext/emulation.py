@@ -1,0 +1,110 @@
+"""The SIMT emulator of the CUDA kernels as a PyTorch device, for tests without a GPU.
+
+`csrc/emu/build.py` compiles the unchanged csrc/cuda/*.cu sources with g++ against a
+small emulation of CUDA's execution model (csrc/emu/simt.h), and registers them for
+PyTorch's PrivateUse1 key, which this module names "simt"::
+
+    from centerloss_ext import emulation
+    emulation.load("build/emu/cov/libcenterloss_simt.so")   # or $CENTERLOSS_SIMT_LIB
+    x = torch.randn(8, 4).to("simt")                          # host memory, device "simt"
+    loss = CenterLoss(3, 4, device="simt")(x, labels.to("simt"))   # the CUDA kernels run
+
+Every ATen op without an emulated kernel runs on the CPU (copies in and out). Counters:
+`launch_count()` (kernel launches, plus one per ATen op the device runs, as on a GPU),
+`host_reads()` (device-to-host read-backs: .item(), .cpu(), the label check),
+`memory_allocated()` / `max_memory_allocated()` / `reset_peak_memory_stats()`.
+See docs/cuda_emulation.md for what the emulation shows and what it cannot.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Optional
+
+import torch
+
+DEVICE = "simt"
+_lib: Optional[ctypes.CDLL] = None
+
+
+class _DeviceModule:
+    """torch.simt: what PyTorch asks of a device module."""
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def device_count() -> int:
+        return 1
+
+    @staticmethod
+    def current_device() -> int:
+        return 0
+
+    @staticmethod
+    def _is_in_bad_fork() -> bool:
+        return False
+
+    @staticmethod
+    def manual_seed_all(seed: int) -> None:
+        pass
+
+    @staticmethod
+    def synchronize(device=None) -> None:
+        pass
+
+
+def load(library: Optional[str] = None) -> str:
+    """Loads the emulated kernels (path, or $CENTERLOSS_SIMT_LIB) after the real extension,
+    names the device "simt"; returns the device name. Loading twice is a no-op."""
+    global _lib
+    if _lib is not None:
+        return DEVICE
+    library = library or os.environ.get("CENTERLOSS_SIMT_LIB")
+    if not library:
+        raise ValueError("no emulator library given: pass its path or set CENTERLOSS_SIMT_LIB "
+                         "(build it with: make emu-build)")
+    if not os.path.exists(library):
+        raise FileNotFoundError(f"CENTERLOSS_SIMT_LIB={library} does not exist: build it with "
+                                "make emu-build (or python csrc/emu/build.py)")
+    import centerloss_ext  # noqa: F401  (the op schemas, and the checks the library links to)
+
+    torch.utils.rename_privateuse1_backend(DEVICE)
+    _lib = ctypes.CDLL(os.path.abspath(library))
+    for name in ("simt_launch_count", "simt_host_reads"):
+        getattr(_lib, name).restype = ctypes.c_uint64
+    for name in ("simt_memory_allocated", "simt_max_memory_allocated"):
+        getattr(_lib, name).restype = ctypes.c_int64
+    torch._register_device_module(DEVICE, _DeviceModule())
+    return DEVICE
+
+
+def is_loaded() -> bool:
+    return _lib is not None
+
+
+def _need() -> ctypes.CDLL:
+    if _lib is None:
+        raise RuntimeError("the simt emulator is not loaded: call centerloss_ext.emulation.load()")
+    return _lib
+
+
+def launch_count() -> int:
+    return int(_need().simt_launch_count())
+
+
+def host_reads() -> int:
+    return int(_need().simt_host_reads())
+
+
+def memory_allocated() -> int:
+    return int(_need().simt_memory_allocated())
+
+
+def max_memory_allocated() -> int:
+    return int(_need().simt_max_memory_allocated())
+
+
+def reset_peak_memory_stats() -> None:
+    _need().simt_reset_peak_memory_stats()
