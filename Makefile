@@ -3,6 +3,7 @@
 #   make demo    the main job: trains LeNet++ with center loss on Fashion-MNIST (CPU)
 #   make test    every test: the Python suite and the C++ unit tests
 #   make bench   bench/compare.py over the full grid (bench-quick: the short CI run)
+#   make test-cuda-emu   the CUDA kernels' tests on the SIMT emulator (no GPU needed)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +13,8 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: all build test pytest cpp-test demo bench bench-quick system-deps clean
+.PHONY: all build test pytest cpp-test demo bench bench-quick system-deps clean \
+	emu-build test-cuda-emu test-cuda-asan emu-coverage
 
 all: build
 
@@ -46,6 +48,32 @@ cpp-test: build system-deps
 	PYTHON=$(PY) scripts/cpp_tests.sh
 
 test: pytest cpp-test
+
+# The CUDA kernels without a GPU: csrc/cuda/*.cu compiled by g++ against the SIMT
+# emulator (csrc/emu/) and run by every test marked `cuda` on the "simt" device, under two
+# schedule seeds (SIMT_SEEDS), then line coverage of csrc/cuda. test-cuda-asan: the same
+# tests once under AddressSanitizer + UndefinedBehaviorSanitizer.
+SIMT_SEEDS ?= 1 2
+EMU_LIB = build/emu/cov/libcenterloss_simt.so
+emu-build: build system-deps
+	$(PY) csrc/emu/build.py --variant cov
+
+test-cuda-emu: emu-build
+	find build/emu/cov -name '*.gcda' -delete
+	for seed in $(SIMT_SEEDS); do \
+	  echo "--- SIMT_SEED=$$seed"; \
+	  SIMT_SEED=$$seed CENTERLOSS_SIMT_LIB=$(EMU_LIB) $(PY) -m pytest -q -m cuda -p no:cacheprovider python_tests || exit 1; \
+	done
+	$(MAKE) --no-print-directory emu-coverage
+
+emu-coverage:
+	gcovr -r . --object-directory build/emu/cov --filter 'csrc/cuda/' --txt \
+	  | tee build/emu/coverage.txt
+
+test-cuda-asan: build system-deps
+	$(PY) csrc/emu/build.py --variant asan
+	env $$($(PY) csrc/emu/build.py --variant asan --print-env) SIMT_SEED=3 \
+	  $(PY) -m pytest -q -m cuda -p no:cacheprovider python_tests
 
 # The benchmark of bench/RESULTS.md; the device is CUDA when one is visible.
 bench: build
