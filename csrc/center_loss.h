@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
+#include <c10/macros/Macros.h>
 
 #include <type_traits>
 
@@ -49,13 +50,47 @@ using acc_type = std::conditional_t<std::is_same_v<scalar_t, double> ||
                                         std::is_same_v<center_t, double>,
                                     double, float>;
 
+// Rows of the label-sorted batch per chunk, the unit of the per-class sums on every
+// device: a class's rows are summed chunk by chunk in index order, and a class spanning
+// several chunks leaves one partial sum per chunk (its slots), added up in chunk order.
+// Fixed, so the summation order (and thus every result) does not depend on threads.
+constexpr int64_t kChunkRows = 64;
+
+// Per-row scale of the incoming gradient of the loss: g_i (none), g (sum), g / B (mean).
+// `g` points at grad_loss (in g_t, on the kernels' device); one definition for the CPU
+// and the CUDA kernels.
+template <typename g_t>
+struct GradScale {
+  const g_t* g;
+  int64_t stride;  // 0 for mean/sum (one value), grad_loss.stride(0) for none
+  double inv_b;    // 1/B for mean, 1 otherwise
+  template <typename acc_t>
+  C10_HOST_DEVICE acc_t at(int64_t row) const {
+    return static_cast<acc_t>(g[row * stride]) * static_cast<acc_t>(inv_b);
+  }
+};
+
+// The GradScale of `grad_loss` (already of dtype g_t) for a batch of B rows.
+template <typename g_t>
+GradScale<g_t> grad_scale(const at::Tensor& grad_loss, Reduction reduction, int64_t B) {
+  const bool none = reduction == Reduction::None;
+  const double inv_b =
+      reduction == Reduction::Mean && B > 0 ? 1.0 / static_cast<double>(B) : 1.0;
+  return {grad_loss.const_data_ptr<g_t>(), none ? grad_loss.stride(0) : 0, inv_b};
+}
+
+// An allocator of uninitialised memory: at::detail::empty_cpu / empty_cuda, which
+// (unlike at::empty) never pay the fill of torch.use_deterministic_algorithms, for
+// tensors whose every element the kernels write.
+using EmptyFn = at::Tensor (*)(at::IntArrayRef size, const at::TensorOptions& options);
+
 // Outputs (loss, diff) allocated for the shapes of the forward ops: loss is 0-dim
 // (mean, sum) or (B,) (none); diff is (B, D) when need_diff, else (0, D), in the
 // accumulation dtype (acc_dtype), so that backward and the center sums read the
 // differences unrounded (16-bit features: twice the bytes of a 16-bit copy).
 std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(
     const at::Tensor& features, at::ScalarType centers_dtype, Reduction reduction,
-    bool need_diff);
+    bool need_diff, EmptyFn empty);
 
 // Checks the backward ops' inputs: grad_loss matches the reduction, diff is (B, D).
 void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,

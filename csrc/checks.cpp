@@ -91,15 +91,13 @@ at::ScalarType acc_dtype(at::ScalarType features_dtype, at::ScalarType centers_d
 
 std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(
     const at::Tensor& features, at::ScalarType centers_dtype, Reduction reduction,
-    bool need_diff) {
+    bool need_diff, EmptyFn empty) {
   const int64_t B = features.size(0);
   const int64_t D = features.size(1);
   auto loss_opts = features.options().dtype(loss_dtype(features.scalar_type()));
-  at::Tensor loss = reduction == Reduction::None ? at::empty({B}, loss_opts)
-                                                 : at::empty({}, loss_opts);
-  at::Tensor diff = at::empty({need_diff ? B : 0, D},
-                              features.options().dtype(
-                                  acc_dtype(features.scalar_type(), centers_dtype)));
+  at::Tensor loss = reduction == Reduction::None ? empty({B}, loss_opts) : empty({}, loss_opts);
+  at::Tensor diff = empty({need_diff ? B : 0, D},
+                          features.options().dtype(acc_dtype(features.scalar_type(), centers_dtype)));
   return {loss, diff};
 }
 

@@ -11,6 +11,7 @@
 #include "segments.h"
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -31,8 +32,11 @@ void dispatch_float(at::ScalarType t, const char* arg, F&& f) {
   }
 }
 
-// Rows per work item of the per-class kernels: fixed, so sums do not depend on threads.
-constexpr int64_t kChunkRows = 64;
+// Uninitialised memory for outputs and scratch the kernels write in full: no fill even
+// under torch.use_deterministic_algorithms (see EmptyFn).
+at::Tensor empty_cpu(at::IntArrayRef size, const at::TensorOptions& options) {
+  return at::detail::empty_cpu(size, options);
+}
 
 // Labels as contiguous int64, range-checked before anything is written.
 at::Tensor checked_labels(const at::Tensor& labels, int64_t num_classes) {
@@ -101,7 +105,7 @@ void forward_update_segments(const at::Tensor& x, const at::Tensor& y, at::Tenso
   acc_t* dp = (diff && diff->numel() > 0) ? diff->data_ptr<acc_t>() : nullptr;  // acc dtype
 
   const Segments seg = sort_by_label(y.const_data_ptr<int64_t>(), B, kChunkRows);
-  const int64_t n_split = static_cast<int64_t>(seg.split_segments.size());
+  const int64_t n_split = static_cast<int64_t>(seg.split_classes.size());
   // Partial sums of classes split over several chunks, one row per chunk slot.
   std::vector<acc_t> part_sum(static_cast<size_t>(seg.num_slots) * D);
   std::vector<int64_t> part_cnt(seg.num_slots);
@@ -151,7 +155,7 @@ void forward_update_segments(const at::Tensor& x, const at::Tensor& y, at::Tenso
     RowScratch<acc_t> s(D);
     std::vector<acc_t> sum(D);
     for (int64_t k = begin; k < end; ++k) {
-      const SplitSegment& sp = seg.split_segments[k];
+      const SplitClass& sp = seg.split_classes[k];
       std::fill(sum.begin(), sum.end(), acc_t(0));
       int64_t n = 0;
       for (int64_t slot = sp.first_slot; slot < sp.first_slot + sp.num_slots; ++slot) {
@@ -187,9 +191,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features,
   at::Tensor x = features.contiguous();
   at::Tensor y = checked_labels(labels, centers.size(0));
   at::Tensor c = centers.contiguous();
-  auto [loss, diff] = alloc_forward_outputs(features, c.scalar_type(), red, need_diff);
-  at::Tensor rows = at::empty({x.size(0)}, x.options().dtype(
-                                               acc_dtype(x.scalar_type(), c.scalar_type())));
+  auto [loss, diff] = alloc_forward_outputs(features, c.scalar_type(), red, need_diff, empty_cpu);
+  at::Tensor rows =
+      empty_cpu({x.size(0)}, x.options().dtype(acc_dtype(x.scalar_type(), c.scalar_type())));
   dispatch_float(x.scalar_type(), "features", [&](auto xs) {
     dispatch_float(c.scalar_type(), "centers", [&](auto cs) {
       forward_rows<decltype(xs), decltype(cs)>(x, y, c, rows, diff);
@@ -207,8 +211,9 @@ std::tuple<at::Tensor, at::Tensor> forward_update_cpu(at::Tensor& centers,
   check_inputs(features, labels, centers);
   check_alpha(alpha);
   const Reduction red = to_reduction(reduction);
-  auto [loss, diff] = alloc_forward_outputs(features, centers.scalar_type(), red, need_diff);
-  at::Tensor rows = at::empty(
+  auto [loss, diff] =
+      alloc_forward_outputs(features, centers.scalar_type(), red, need_diff, empty_cpu);
+  at::Tensor rows = empty_cpu(
       {features.size(0)},
       features.options().dtype(acc_dtype(features.scalar_type(), centers.scalar_type())));
   with_contiguous(centers, features, labels, [&](const at::Tensor& x, const at::Tensor& y,
@@ -238,45 +243,25 @@ void update_centers_cpu(at::Tensor& centers, const at::Tensor& features,
   });
 }
 
-// Per-row scale of the incoming gradient: g_i (none), g (sum), g / B (mean).
-template <typename acc_t>
-struct GradScale {
-  const acc_t* per_row = nullptr;
-  acc_t uniform = 0;
-  acc_t operator()(int64_t i) const { return per_row ? per_row[i] : uniform; }
-};
-
-template <typename acc_t>
-GradScale<acc_t> grad_scale(const at::Tensor& g, Reduction red, int64_t B) {
-  GradScale<acc_t> s;
-  if (red == Reduction::None) {
-    s.per_row = g.const_data_ptr<acc_t>();
-  } else {
-    s.uniform = g.const_data_ptr<acc_t>()[0];
-    if (red == Reduction::Mean && B > 0) s.uniform /= static_cast<acc_t>(B);
-  }
-  return s;
-}
-
 at::Tensor backward_features_cpu(const at::Tensor& grad_loss, const at::Tensor& diff,
                                  int64_t reduction, std::optional<at::ScalarType> out_dtype) {
   const Reduction red = to_reduction(reduction);
   check_backward_inputs(grad_loss, diff, red);
   at::Tensor d = diff.contiguous();
   const int64_t B = d.size(0), D = d.size(1);
-  at::Tensor out = at::empty_like(d, d.options().dtype(out_dtype.value_or(d.scalar_type())));
+  at::Tensor out = empty_cpu(d.sizes(), d.options().dtype(out_dtype.value_or(d.scalar_type())));
   dispatch_float(d.scalar_type(), "diff", [&](auto ds) {
     dispatch_float(out.scalar_type(), "out_dtype", [&](auto os) {
       using scalar_t = decltype(ds);
       using out_t = decltype(os);
       using acc_t = acc_type<scalar_t, out_t>;
-      at::Tensor g = grad_loss.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+      at::Tensor g = grad_loss.to(c10::CppTypeToScalarType<acc_t>::value);
       const GradScale<acc_t> scale = grad_scale<acc_t>(g, red, B);
       const scalar_t* dp = d.const_data_ptr<scalar_t>();
       out_t* op = out.data_ptr<out_t>();
       at::parallel_for(0, B, row_grain(D), [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-          const acc_t s = scale(i);
+          const acc_t s = scale.template at<acc_t>(i);
           for (int64_t k = 0; k < D; ++k)
             op[i * D + k] = static_cast<out_t>(static_cast<acc_t>(dp[i * D + k]) * s);
         }
@@ -301,7 +286,7 @@ at::Tensor backward_centers_cpu(const at::Tensor& grad_loss, const at::Tensor& d
       using scalar_t = decltype(ds);
       using center_t = decltype(cs);
       using acc_t = acc_type<scalar_t, center_t>;
-      at::Tensor g = grad_loss.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+      at::Tensor g = grad_loss.to(c10::CppTypeToScalarType<acc_t>::value);
       const GradScale<acc_t> scale = grad_scale<acc_t>(g, red, B);
       const scalar_t* dp = d.const_data_ptr<scalar_t>();
       center_t* op = out.data_ptr<center_t>();
@@ -315,7 +300,7 @@ at::Tensor backward_centers_cpu(const at::Tensor& grad_loss, const at::Tensor& d
           std::fill(sum.begin(), sum.end(), acc_t(0));
           for (int64_t p = chunk.begin; p < chunk.end; ++p) {
             const int64_t i = seg.order[p];
-            const acc_t s = -scale(i);
+            const acc_t s = -scale.template at<acc_t>(i);
             for (int64_t k = 0; k < D; ++k) sum[k] += s * static_cast<acc_t>(dp[i * D + k]);
           }
           store_row(sum.data(), op + chunk.label * D, D);

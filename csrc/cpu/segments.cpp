@@ -41,7 +41,7 @@ Segments sort_by_label(const int64_t* labels, int64_t B, int64_t chunk_rows) {
     if (n_chunks == 1) {
       s.chunks.push_back({label, begin, end, -1});
     } else {
-      s.split_segments.push_back({label, s.num_slots, n_chunks});
+      s.split_classes.push_back({label, s.num_slots, n_chunks});
       for (int64_t p = begin; p < end; p += chunk_rows)
         s.chunks.push_back({label, p, std::min(p + chunk_rows, end), s.num_slots++});
     }

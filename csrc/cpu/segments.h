@@ -1,5 +1,7 @@
 // Samples grouped by class: the order that makes per-class sums deterministic
-// and race-free on the CPU (one writer per class).
+// and race-free on the CPU (one writer per class). The vocabulary is the CUDA sorted
+// path's too (cuda/segments.cu): chunks of kChunkRows label-sorted rows, slots holding
+// the partial sums of a class split over several chunks.
 #pragma once
 
 #include <cstdint>
@@ -14,16 +16,16 @@ struct Chunk {
   int64_t label, begin, end, slot;
 };
 
-// A class whose samples span several chunks: partial-sum slots
+// A class split over several chunks: partial-sum slots
 // [first_slot, first_slot + num_slots), in sample order.
-struct SplitSegment {
+struct SplitClass {
   int64_t label, first_slot, num_slots;
 };
 
 struct Segments {
   std::vector<int64_t> order;  // sample indices sorted by (label, index)
   std::vector<Chunk> chunks;   // in label order, at most chunk_rows samples each
-  std::vector<SplitSegment> split_segments;
+  std::vector<SplitClass> split_classes;
   int64_t num_slots = 0;
 };
 

@@ -17,7 +17,7 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
        row < B; row += warps) {
-    const acc_t s = g.template operator()<acc_t>(row);
+    const acc_t s = g.template at<acc_t>(row);
     const scalar_t* dr = diff + row * D;
     out_t* orow = out + row * D;
     if (vec) {
@@ -42,17 +42,16 @@ void launch_grad_features(const at::Tensor& grad_loss, const at::Tensor& diff,
   const int64_t B = diff.size(0), D = diff.size(1);
   if (B == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
-  const bool none = reduction == Reduction::None;
-  const double inv_b = reduction == Reduction::Mean ? 1.0 / static_cast<double>(B) : 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_grad_x", [&] {
     using g_t = loss_type<scalar_t>;
-    const GradScale<g_t> g{grad_loss.const_data_ptr<g_t>(), none ? grad_loss.stride(0) : 0, inv_b};
+    const GradScale<g_t> g = grad_scale<g_t>(grad_loss, reduction, B);
     using diff_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "centerloss_grad_x_out", [&] {
       using out_t = scalar_t;
       const bool vec = D % 4 == 0 && aligned4(diff.const_data_ptr(), sizeof(diff_t)) &&
                        aligned4(out.const_data_ptr(), sizeof(out_t));
-      grad_features_kernel<diff_t, out_t, g_t><<<row_blocks(B), kBlock, 0, stream>>>(
+      const int64_t blocks = row_blocks(grad_features_kernel<diff_t, out_t, g_t>, B);
+      grad_features_kernel<diff_t, out_t, g_t><<<blocks, kBlock, 0, stream>>>(
           diff.const_data_ptr<diff_t>(), g, out.data_ptr<out_t>(), B, D, vec);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -2,17 +2,31 @@
 // functions of ops_cuda.h (registered for the CUDA key in registration.cu; the emulated
 // build of emu/ registers the same functions for its own device).
 //
-// A training step of alpha mode (forward_update_ + backward_features) is three kernel
-// launches on the default path (forward rows, atomic update, grad rows) plus one
-// cudaMemsetAsync of a workspace header and O(C) counts; nothing is sized by C x D. The
-// deterministic path (deterministic=True, or 16-bit centers) replaces the atomic update
-// by a stable sort of the labels and two fixed-order summation kernels.
+// Launches per call (our own; nothing is sized by C x D):
+//   forward                  memset of the workspace header, forward rows kernel.
+//   forward_update_ /        memset of the header and O(C) counts, forward rows, atomic
+//   update_centers_            update: 2 kernels.
+//     deterministic=True,    memset of the header, forward rows, then the sorted path:
+//     or a dtype pair the      at::sort of the labels (torch's own launches; one more
+//     atomics do not take      copy first for int32 labels), chunk kernel, split-class
+//                              kernel: 3 kernels + at::sort's.
+//   backward_features        grad rows kernel: 1.
+//   backward_centers         zero fill of the dense gradient, memset of the header, then
+//                              the atomic kernel (1) or the sorted path as above (2 +
+//                              at::sort's).
+// So a training step of alpha mode (forward_update_ + backward_features) is 3 kernels
+// and one memset on the default path, 4 kernels, one memset and at::sort's launches on
+// the deterministic one. Every scratch buffer (workspace, slots, sort outputs, the diff
+// rows update_centers_ needs) is uninitialised memory from at::detail::empty_cuda: under
+// torch.use_deterministic_algorithms, at::empty would add a fill launch and a write of
+// every byte to each; only the header and the counts are zeroed, by the one memset.
 //
-// Bad labels: the forward kernel records the first out-of-range row and never reads
-// past the centers; every center-writing kernel checks that record on the device and
-// writes nothing when it is set. The host then reads it back (one sync) to raise the
-// IndexError; set_cuda_label_check(false) skips that read, and CUDA-graph capture
-// skips it always (memory stays safe either way).
+// Bad labels: the forward kernel (backward_centers: its own kernels) records the first
+// out-of-range row and never reads or writes past the tensors; every center-writing
+// kernel checks that record on the device and writes nothing when it is set. The host
+// then reads it back (one 8-byte read, one sync) to raise the CPU's IndexError;
+// set_cuda_label_check(false) skips that read, and CUDA-graph capture skips it always
+// (memory stays safe either way).
 #include "kernels.h"
 #include "ops_cuda.h"
 
@@ -28,7 +42,7 @@ WorkspaceBuffer::WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bo
   constexpr int64_t header = 16;  // bad (8 bytes), blocks_done (4), padding (4)
   const int64_t counts_bytes = with_counts ? (4 * num_classes + 7) / 8 * 8 : 0;
   const int64_t total = header + counts_bytes + num_partials * static_cast<int64_t>(partial_size);
-  storage = at::empty({total}, like.options().dtype(at::kByte));
+  storage = empty_cuda({total}, like.options().dtype(at::kByte));
   uint8_t* base = storage.data_ptr<uint8_t>();
   ws.bad = reinterpret_cast<unsigned long long*>(base);
   ws.blocks_done = reinterpret_cast<unsigned int*>(base + 8);
@@ -36,12 +50,6 @@ WorkspaceBuffer::WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bo
   ws.partials = base + header + counts_bytes;
   C10_CUDA_CHECK(cudaMemsetAsync(base, 0, header + counts_bytes,
                                  at::cuda::getCurrentCUDAStream()));
-}
-
-int64_t row_blocks(int64_t rows) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t wanted = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  return std::max<int64_t>(1, std::min(wanted, sms * 8));  // 8 blocks of 256 fill an SM
 }
 
 namespace {
@@ -56,16 +64,33 @@ void throw_if_bad_label(const Workspace& ws, const at::Tensor& labels, int64_t n
                              at::cuda::getCurrentCUDAStream());
   if (bad == 0) return;
   const int64_t index = labels.size(0) - static_cast<int64_t>(bad);
-  throw_bad_label(index, labels[index].item<int64_t>(), num_classes);
+  int64_t value = 0;  // the label itself, for the message: a second small read
+  if (labels.scalar_type() == at::kLong) {
+    c10::cuda::memcpy_and_sync(&value, labels.const_data_ptr<int64_t>() + index, sizeof(value),
+                               cudaMemcpyDeviceToHost, at::cuda::getCurrentCUDAStream());
+  } else {
+    int32_t v = 0;
+    c10::cuda::memcpy_and_sync(&v, labels.const_data_ptr<int32_t>() + index, sizeof(v),
+                               cudaMemcpyDeviceToHost, at::cuda::getCurrentCUDAStream());
+    value = v;
+  }
+  throw_bad_label(index, value, num_classes);
 }
 
 size_t acc_size(const at::Tensor& x, const at::Tensor& c) {
   return at::elementSize(acc_dtype(x.scalar_type(), c.scalar_type()));
 }
 
-// 16-bit centers take the sorted path: atomics would round every single addition.
-bool use_sorted_path(bool deterministic, at::ScalarType centers_dtype) {
-  return deterministic || at::isReducedFloatingType(centers_dtype);
+// The atomic paths add diff rows of the centers' own dtype into the centers, which is
+// the accumulation type only when both are float or both double. Anything else (16-bit
+// centers, whose atomics would round every addition; float64 features or diff rows with
+// float32 centers, which would be rounded to float32 term by term) takes the sorted path,
+// which sums in the accumulation type and rounds once.
+bool use_sorted_path(bool deterministic, at::ScalarType diff_dtype,
+                     at::ScalarType centers_dtype) {
+  const bool same_float = diff_dtype == centers_dtype &&
+                          (centers_dtype == at::kFloat || centers_dtype == at::kDouble);
+  return deterministic || !same_float;
 }
 
 }  // namespace
@@ -77,14 +102,15 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& features,
   check_inputs(features, labels, centers);
   const Reduction red = to_reduction(reduction);
   c10::cuda::CUDAGuard guard(features.device());
-  auto [loss, diff] = alloc_forward_outputs(features, centers.scalar_type(), red, need_diff);
+  auto [loss, diff] =
+      alloc_forward_outputs(features, centers.scalar_type(), red, need_diff, empty_cuda);
   const int64_t B = features.size(0);
   if (B == 0) {
     if (red != Reduction::None) loss.zero_();
     return {loss, diff};
   }
   at::Tensor x = features.contiguous(), y = labels.contiguous(), c = centers.contiguous();
-  const int64_t blocks = row_blocks(B);
+  const int64_t blocks = forward_rows_blocks(x, c);
   WorkspaceBuffer wb(x, c.size(0), /*with_counts=*/false, blocks, acc_size(x, c));
   launch_forward_rows(x, y, c, red, &loss, need_diff ? &diff : nullptr, nullptr, wb.ws, blocks);
   throw_if_bad_label(wb.ws, y, c.size(0));
@@ -103,18 +129,19 @@ std::tuple<at::Tensor, at::Tensor> forward_and_update(at::Tensor& centers,
   check_inputs(features, labels, centers);
   check_alpha(alpha);
   c10::cuda::CUDAGuard guard(features.device());
-  auto [loss, diff_out] = alloc_forward_outputs(features, centers.scalar_type(), red, need_diff);
+  auto [loss, diff_out] =
+      alloc_forward_outputs(features, centers.scalar_type(), red, need_diff, empty_cuda);
   const int64_t B = features.size(0), D = features.size(1);
   if (B == 0) {
     if (with_loss && red != Reduction::None) loss.zero_();
     return {loss, diff_out};
   }
   at::Tensor x = features.contiguous(), y = labels.contiguous(), c = centers.contiguous();
-  const bool sorted = use_sorted_path(deterministic, c.scalar_type());
   // The update reads the diff rows, so they are written even when backward needs none.
-  at::Tensor diff = need_diff ? diff_out : at::empty({B, D}, diff_out.options());
-  at::Tensor finite = at::empty({B}, x.options().dtype(at::kByte));
-  const int64_t blocks = row_blocks(B);
+  at::Tensor diff = need_diff ? diff_out : empty_cuda({B, D}, diff_out.options());
+  const bool sorted = use_sorted_path(deterministic, diff.scalar_type(), c.scalar_type());
+  at::Tensor finite = empty_cuda({B}, x.options().dtype(at::kByte));
+  const int64_t blocks = forward_rows_blocks(x, c);
   WorkspaceBuffer wb(x, c.size(0), /*with_counts=*/!sorted, blocks, acc_size(x, c));
   launch_forward_rows(x, y, c, with_loss ? red : Reduction::Mean, with_loss ? &loss : nullptr,
                       &diff, &finite, wb.ws, blocks);
@@ -151,7 +178,7 @@ at::Tensor backward_features_cuda(const at::Tensor& grad_loss, const at::Tensor&
   check_backward_inputs(grad_loss, diff, red);
   c10::cuda::CUDAGuard guard(diff.device());
   at::Tensor d = diff.contiguous();
-  at::Tensor out = at::empty_like(d, d.options().dtype(out_dtype.value_or(d.scalar_type())));
+  at::Tensor out = empty_cuda(d.sizes(), d.options().dtype(out_dtype.value_or(d.scalar_type())));
   launch_grad_features(grad_loss.to(loss_dtype(d.scalar_type())), d, red, out);
   return out;
 }
@@ -166,12 +193,18 @@ at::Tensor backward_centers_cuda(const at::Tensor& grad_loss, const at::Tensor& 
   at::Tensor d = diff.contiguous(), y = labels.contiguous();
   at::Tensor g = grad_loss.to(loss_dtype(d.scalar_type()));
   // A dense gradient, as for nn.Embedding: zero rows for the classes not in the batch.
-  at::Tensor out = at::zeros({num_classes, d.size(1)}, d.options().dtype(centers_dtype));
-  if (use_sorted_path(deterministic, centers_dtype)) {
-    launch_grad_centers_sorted(g, d, y, red, out);
+  // (empty_cuda + zero_: at::zeros would add the deterministic fill before the zeros.)
+  at::Tensor out = empty_cuda({num_classes, d.size(1)}, d.options().dtype(centers_dtype));
+  out.zero_();
+  if (d.size(0) == 0) return out;
+  WorkspaceBuffer wb(d, num_classes, /*with_counts=*/false, /*num_partials=*/0, 0);
+  if (use_sorted_path(deterministic, d.scalar_type(), centers_dtype)) {
+    launch_grad_centers_sorted(g, d, y, red, out, wb.ws);
   } else {
-    launch_grad_centers_atomic(g, d, y, red, out);
+    launch_grad_centers_atomic(g, d, y, red, out, wb.ws);
   }
+  // Out-of-range labels: the CPU's IndexError; the partial sums in `out` are dropped.
+  throw_if_bad_label(wb.ws, y, num_classes);
   return out;
 }
 

@@ -110,6 +110,17 @@ __global__ void __launch_bounds__(kBlock)
 
 }  // namespace
 
+int64_t forward_rows_blocks(const at::Tensor& x, const at::Tensor& c) {
+  int64_t blocks = 1;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "centerloss_forward_grid", [&] {
+    using feat_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_forward_grid_c", [&] {
+      blocks = row_blocks(forward_rows_kernel<feat_t, scalar_t>, x.size(0));
+    });
+  });
+  return blocks;
+}
+
 void launch_forward_rows(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& c,
                          Reduction reduction, at::Tensor* loss, at::Tensor* diff,
                          at::Tensor* finite, const Workspace& ws, int64_t blocks) {

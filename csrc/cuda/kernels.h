@@ -3,53 +3,68 @@
 #pragma once
 
 #include "../center_loss.h"
-#include "common.cuh"
+#include "row_math.cuh"
 
 namespace centerloss {
 namespace cuda {
 
-// forward_kernels.cu — one warp per row: d = x - c[y], per-row loss (reduced in the same
-// launch by the last block, in a fixed order), the diff rows and finite flags when asked,
-// per-class counts when ws.counts is set. Rows with out-of-range labels are recorded in
-// ws.bad and never read c.
+// Per-call device workspace, zeroed by one cudaMemsetAsync (header + counts):
+//  bad: B - (first row whose label is out of range), 0 when none (atomicMax keeps the
+//       first row); every kernel that writes centers returns early when it is set.
+//  blocks_done: the last-block-done counter of the loss reduction.
+//  counts: per-class number of finite rows (atomic update path only; O(C) ints).
+//  partials: one loss partial per block of the forward kernel (not zeroed).
+struct Workspace {
+  unsigned long long* bad;
+  unsigned int* blocks_done;
+  int* counts;
+  void* partials;
+};
+
+struct WorkspaceBuffer {
+  at::Tensor storage;
+  Workspace ws;
+  // Allocates (uninitialised) and zeroes what needs zeroing: O(num_classes) ints when
+  // with_counts.
+  WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_counts,
+                  int64_t num_partials, size_t partial_size);
+};
+
+// forward_kernels.cu — one warp per row: d = x - c[y] in the accumulation type, per-row
+// loss (reduced in the same launch by the last block, in a fixed order), the diff rows
+// and finite flags when asked, per-class counts when ws.counts is set. Rows with
+// out-of-range labels are recorded in ws.bad and never read c.
 void launch_forward_rows(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& c,
                          Reduction reduction, at::Tensor* loss, at::Tensor* diff,
                          at::Tensor* finite, const Workspace& ws, int64_t blocks);
+// The grid of launch_forward_rows for these operands (the number of loss partials).
+int64_t forward_rows_blocks(const at::Tensor& x, const at::Tensor& c);
 
-// atomic_kernels.cu — the default (fastest) paths, float/double centers only:
+// atomic_kernels.cu — the default (fastest) paths, for diff rows and centers of one
+// dtype T, float or double (T is then the accumulation type):
 // c[y_i] += alpha * d_i / (1 + n_{y_i}) for finite rows, with atomics; nothing when ws.bad.
 void launch_alpha_update_atomic(const at::Tensor& diff, const at::Tensor& labels,
                                 const at::Tensor& finite, at::Tensor& c, double alpha,
                                 const Workspace& ws);
-// grad_c[y_i] -= s_i * d_i, with atomics (grad_c zero-filled by the caller).
+// grad_c[y_i] -= s_i * d_i, with atomics (grad_c zero-filled by the caller); rows with
+// out-of-range labels are recorded in ws.bad and skipped.
 void launch_grad_centers_atomic(const at::Tensor& grad_loss, const at::Tensor& diff,
                                 const at::Tensor& labels, Reduction reduction,
-                                at::Tensor& grad_c);
+                                at::Tensor& grad_c, const Workspace& ws);
 
-// segmented_kernels.cu — the deterministic paths: per-class sums over the label-sorted
-// rows in fixed windows, each class finished by exactly one thread per column.
+// segments.cu — the deterministic paths (and every dtype the atomic ones do not take):
+// per-class sums over the label-sorted rows in chunks of kChunkRows, in a fixed order.
 void launch_alpha_update_sorted(const at::Tensor& diff, const at::Tensor& labels,
                                 const at::Tensor& finite, at::Tensor& c, double alpha,
                                 const Workspace& ws);
+// ... rows with out-of-range labels are recorded in ws.bad and left out.
 void launch_grad_centers_sorted(const at::Tensor& grad_loss, const at::Tensor& diff,
                                 const at::Tensor& labels, Reduction reduction,
-                                at::Tensor& grad_c);
+                                at::Tensor& grad_c, const Workspace& ws);
 
-// backward_kernels.cu — grad_x = d * s (s: g_i, g or g / B).
+// backward_kernels.cu — grad_x = d * s (s: g_i, g or g / B), written in out's dtype.
 void launch_grad_features(const at::Tensor& grad_loss, const at::Tensor& diff,
                           Reduction reduction, at::Tensor& out);
-
-// Per-row scale of the incoming gradient, read on the device.
-template <typename g_t>
-struct GradScale {
-  const g_t* g;
-  int64_t stride;  // 0 for mean/sum (one value), grad_loss.stride(0) for none
-  double inv_b;    // 1/B for mean, 1 otherwise
-  template <typename acc_t>
-  __device__ __forceinline__ acc_t operator()(int64_t row) const {
-    return static_cast<acc_t>(g[row * stride]) * static_cast<acc_t>(inv_b);
-  }
-};
 
 }  // namespace cuda
 }  // namespace centerloss

@@ -1,13 +1,16 @@
-// Building blocks shared by the CUDA kernels: accumulation types, vector row access,
-// warp sums, the per-call workspace and launch geometry.
+// Row-wise building blocks of the CUDA kernels (the counterpart of cpu/row_math.h):
+// loss and accumulation types, warp sums, vector row access, label views, uninitialised
+// allocations and the launch geometry of the row kernels.
 #pragma once
 
 #include "../center_loss.h"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/EmptyTensor.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -75,31 +78,29 @@ inline Labels labels_view(const at::Tensor& labels) {
   return l;
 }
 
-// Per-call device workspace, zeroed by one cudaMemsetAsync (header + counts):
-//  bad: B - (first row whose label is out of range), 0 when none (atomicMax keeps the
-//       first row); every kernel that writes centers returns early when it is set.
-//  blocks_done: the last-block-done counter of the loss reduction.
-//  counts: per-class number of finite rows (default update path only; O(C) ints).
-//  partials: one loss partial per block of the forward kernel (not zeroed).
-struct Workspace {
-  unsigned long long* bad;
-  unsigned int* blocks_done;
-  int* counts;
-  void* partials;
-};
+// Device memory the kernels write in full before reading: at::detail::empty_cuda, which
+// never pays the fill that at::empty adds under torch.use_deterministic_algorithms
+// (a launch and a write of every byte).
+inline at::Tensor empty_cuda(at::IntArrayRef size, const at::TensorOptions& options) {
+  return at::detail::empty_cuda(size, options);
+}
 
-struct WorkspaceBuffer {
-  at::Tensor storage;
-  Workspace ws;
-  // Allocates and zeroes what needs zeroing: O(num_classes) ints when with_counts.
-  WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_counts,
-                  int64_t num_partials, size_t partial_size);
-};
+// Blocks for a grid-stride loop of `kernel` (kBlock threads, a warp per row) over `rows`
+// rows: as many as fit on the device at once by the occupancy API (the kernel's register
+// and shared-memory use decide how many blocks an SM holds), fewer for small batches.
+// Fixed for a device, a kernel and B, so the forward kernel's loss partials (and the
+// loss) are bit-identical run to run.
+template <typename Kernel>
+int64_t row_blocks(Kernel kernel, int64_t rows) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kBlock, 0));
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t wanted = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  return std::max<int64_t>(1, std::min(wanted, sms * std::max(per_sm, 1)));
+}
 
-// Blocks for a grid-stride loop over `rows` rows, a warp per row: enough to fill the
-// device, fixed for a device and B (so the loss partials, and thus the loss, are
-// bit-identical run to run).
-int64_t row_blocks(int64_t rows);
+// The largest grid.y and grid.z of a launch (grid.x goes to 2^31 - 1).
+constexpr int64_t kMaxGridY = 65535;
 
 }  // namespace cuda
 }  // namespace centerloss

@@ -1,0 +1,283 @@
+// The deterministic center paths (the counterpart of cpu/segments.*), taken too by every
+// dtype pair the atomic paths do not take. Rows are sorted by label (stable: index order
+// within a class) and cut into chunks of kChunkRows rows, the CPU's unit as well. A block
+// sums each class's rows of its chunk column by column, in order. A class inside one
+// chunk is finished there; a class split over several chunks leaves one partial sum per
+// chunk in its slots (a chunk's first piece: rows of a class that began in an earlier
+// chunk; its last piece: rows of a class that goes on into the next), and the
+// split-class kernel adds a class's slots up in a fixed order, in parallel over the
+// slots. Every sum has one fixed order, so results are bit-identical run to run, and no
+// center is read by one block while another writes it.
+//
+// Launches: a copy of int32 labels to int64 (int32 labels only), at::sort's own, the
+// chunk kernel and the split-class kernel. Wide rows: both kernels loop over column
+// tiles beyond a fixed number of tiles per launch (never a grid over the 65535 limit).
+#include "kernels.h"
+
+#include <ATen/Dispatch.h>
+
+namespace centerloss {
+namespace cuda {
+namespace {
+
+constexpr int kColumns = 128;     // threads of a chunk block: one column each
+constexpr int kSplitColumns = 32; // threads of a split-class block: 32 columns ...
+constexpr int kSplitGroups = 8;   // ... by 8 groups, group g summing slots g, g + 8, ...
+// Column tiles per launch (grid.y), far below the 65535 limit: wider rows loop over
+// tiles (D > 65536 in the chunk kernel, D > 32768 in the split-class kernel), which
+// still leaves thousands of blocks per chunk.
+constexpr int64_t kMaxTiles = 512;
+constexpr int64_t kMaxSplitTiles = 1024;
+static_assert(kMaxTiles <= kMaxGridY && kMaxSplitTiles <= kMaxGridY);
+
+// The slots of the split classes, two per chunk.
+template <typename acc_t>
+struct Slots {
+  acc_t* first;       // (chunks, D): the chunk's first piece, when its class began earlier
+  acc_t* last;        // (chunks, D): the chunk's last piece, when its class goes on
+  int* first_n;       // rows counted in the first piece
+  int* last_n;        // ... in the last piece
+  uint8_t* has_last;  // whether the chunk's last piece goes on (the class starts a split)
+};
+
+// Row sources: the value a row adds to its class's sum, and whether it counts.
+template <typename diff_t, typename acc_t>
+struct UpdateRows {  // alpha rule: d_i of finite rows (the forward kernel wrote both)
+  const diff_t* diff;
+  const uint8_t* finite;
+  int64_t D;
+  __device__ bool counts(int64_t row, int64_t) const { return finite[row]; }
+  __device__ acc_t value(int64_t row, int64_t col) const {
+    return static_cast<acc_t>(diff[row * D + col]);
+  }
+};
+
+template <typename diff_t, typename acc_t, typename g_t>
+struct GradRows {  // d loss / d c: -s_i d_i; rows with out-of-range labels are recorded
+  const diff_t* diff;
+  GradScale<g_t> g;
+  int64_t B, D, C;
+  unsigned long long* bad;
+  __device__ bool counts(int64_t row, int64_t label) const {
+    if (label >= 0 && label < C) return true;
+    atomicMax(bad, static_cast<unsigned long long>(B - row));
+    return false;
+  }
+  __device__ acc_t value(int64_t row, int64_t col) const {
+    return -g.template at<acc_t>(row) * static_cast<acc_t>(diff[row * D + col]);
+  }
+};
+
+// Finishers: what a class's complete sum (over n counted rows) becomes.
+template <typename center_t, typename acc_t>
+struct AlphaFinish {
+  center_t* c;
+  int64_t D;
+  acc_t alpha;
+  __device__ void operator()(int64_t label, int64_t col, acc_t sum, int n) const {
+    if (n == 0) return;  // only non-finite rows: as if absent
+    center_t* p = c + label * D + col;
+    *p = static_cast<center_t>(static_cast<acc_t>(*p) + alpha * sum / static_cast<acc_t>(1 + n));
+  }
+};
+
+template <typename center_t, typename acc_t>
+struct GradFinish {
+  center_t* grad_c;
+  int64_t D;
+  __device__ void operator()(int64_t label, int64_t col, acc_t sum, int n) const {
+    if (n > 0) grad_c[label * D + col] = static_cast<center_t>(sum);
+  }
+};
+
+// One block per chunk (blockIdx.x) and column tile (blockIdx.y, striding by gridDim.y).
+template <typename acc_t, typename Rows, typename Finish>
+__global__ void __launch_bounds__(kColumns)
+    chunk_kernel(const int64_t* __restrict__ sorted, const int64_t* __restrict__ order,
+                 int64_t B, int64_t D, Rows rows, Finish finish, Slots<acc_t> slots,
+                 const unsigned long long* stop) {
+  if (stop != nullptr && *stop != 0) return;  // a bad label anywhere: write nothing
+  __shared__ int64_t label[kChunkRows];
+  __shared__ int64_t row[kChunkRows];
+  __shared__ bool counted[kChunkRows];
+  const int64_t w = blockIdx.x;
+  const int64_t p0 = w * kChunkRows;
+  const int n = static_cast<int>(min(kChunkRows, B - p0));
+  for (int t = threadIdx.x; t < n; t += blockDim.x) {
+    label[t] = sorted[p0 + t];
+    row[t] = order[p0 + t];
+    counted[t] = rows.counts(row[t], label[t]);
+  }
+  __syncthreads();
+  const bool from_left = p0 > 0 && sorted[p0 - 1] == label[0];
+  const bool to_right = p0 + n < B && sorted[p0 + n] == label[n - 1];
+
+  // Walks the chunk's pieces (runs of one class) for column `col`; col < 0: counts only.
+  auto walk = [&](int64_t col) {
+    for (int start = 0; start < n;) {
+      const int64_t L = label[start];
+      acc_t sum = 0;
+      int cnt = 0, end = start;
+      for (; end < n && label[end] == L; ++end) {
+        if (!counted[end]) continue;
+        ++cnt;
+        if (col >= 0) sum += rows.value(row[end], col);
+      }
+      const bool first = start == 0 && from_left;
+      const bool last = end == n && to_right;
+      if (col < 0) {
+        if (first) {
+          slots.first_n[w] = cnt;
+        } else if (last) {
+          slots.last_n[w] = cnt;
+        }
+      } else if (first) {
+        slots.first[w * D + col] = sum;
+      } else if (last) {
+        slots.last[w * D + col] = sum;
+      } else {
+        finish(L, col, sum, cnt);
+      }
+      start = end;
+    }
+  };
+  if (blockIdx.y == 0 && threadIdx.x == 0) {
+    slots.has_last[w] = to_right && !(from_left && label[0] == label[n - 1]);
+    walk(-1);
+  }
+  for (int64_t col = static_cast<int64_t>(blockIdx.y) * kColumns + threadIdx.x; col < D;
+       col += static_cast<int64_t>(gridDim.y) * kColumns)
+    walk(col);
+}
+
+// One block per chunk whose last piece starts a split class (the others return at
+// once) and column tile: the class's slots (that last piece, then the first pieces of
+// the chunks it goes on into) summed by kSplitGroups groups side by side, each in slot
+// order, then the groups' sums in group order.
+template <typename acc_t, typename Finish>
+__global__ void __launch_bounds__(kSplitColumns * kSplitGroups)
+    split_class_kernel(const int64_t* __restrict__ sorted, int64_t B, int64_t D,
+                       Finish finish, Slots<acc_t> slots, const unsigned long long* stop) {
+  if (stop != nullptr && *stop != 0) return;
+  const int64_t w = blockIdx.x;
+  if (!slots.has_last[w]) return;  // the same for every thread of the block
+  // Chunk w is full (its class goes on), so its last row is of the class; the run of
+  // that class ends in chunk `end_chunk`, found by bisection: sorted[lo] stays L.
+  const int64_t L = sorted[(w + 1) * kChunkRows - 1];
+  int64_t lo = (w + 1) * kChunkRows, hi = B;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (sorted[mid] == L) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  const int64_t num_slots = lo / kChunkRows - w + 1;
+  __shared__ acc_t part[kSplitGroups][kSplitColumns];
+  __shared__ int part_n[kSplitGroups];
+  const int x = threadIdx.x, g = threadIdx.y;
+  const int64_t tiles = (D + kSplitColumns - 1) / kSplitColumns;
+  for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y) {  // uniform per block
+    const int64_t col = tile * kSplitColumns + x;
+    acc_t sum = 0;
+    int cnt = 0;
+    for (int64_t j = g; j < num_slots; j += kSplitGroups) {
+      if (col < D) sum += j == 0 ? slots.last[w * D + col] : slots.first[(w + j) * D + col];
+      cnt += j == 0 ? slots.last_n[w] : slots.first_n[w + j];
+    }
+    part[g][x] = sum;
+    if (x == 0) part_n[g] = cnt;
+    __syncthreads();
+    if (g == 0 && col < D) {
+      acc_t total = 0;
+      int n = 0;
+      for (int k = 0; k < kSplitGroups; ++k) {
+        total += part[k][x];
+        n += part_n[k];
+      }
+      finish(L, col, total, n);
+    }
+    __syncthreads();
+  }
+}
+
+// Sorts the labels, allocates the slots and runs both kernels.
+template <typename acc_t, typename Rows, typename Finish>
+void run_sorted(const at::Tensor& labels, int64_t D, Rows rows, Finish finish,
+                const unsigned long long* stop) {
+  const int64_t B = labels.size(0);
+  if (B == 0 || D == 0) return;  // nothing to sum (and a zero grid dimension is an error)
+  const auto opts = labels.options().dtype(at::kLong);
+  at::Tensor keys = labels;
+  if (labels.scalar_type() != at::kLong) {
+    keys = empty_cuda({B}, opts);
+    keys.copy_(labels);
+  }
+  // Stable: within a class, rows keep index order (the CPU's order too).
+  at::Tensor sorted = empty_cuda({B}, opts), order = empty_cuda({B}, opts);
+  at::sort_out(sorted, order, keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const int64_t chunks = (B + kChunkRows - 1) / kChunkRows;
+  at::Tensor sums = empty_cuda({2, chunks, D}, opts.dtype(c10::CppTypeToScalarType<acc_t>::value));
+  at::Tensor meta_n = empty_cuda({2, chunks}, opts.dtype(at::kInt));
+  at::Tensor has_last = empty_cuda({chunks}, opts.dtype(at::kByte));
+  Slots<acc_t> slots{sums.data_ptr<acc_t>(), sums.data_ptr<acc_t>() + chunks * D,
+                     meta_n.data_ptr<int>(), meta_n.data_ptr<int>() + chunks,
+                     has_last.data_ptr<uint8_t>()};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t* sp = sorted.const_data_ptr<int64_t>();
+  const dim3 grid(static_cast<unsigned>(chunks),
+                  static_cast<unsigned>(std::min((D + kColumns - 1) / kColumns, kMaxTiles)));
+  chunk_kernel<acc_t><<<grid, kColumns, 0, stream>>>(sp, order.const_data_ptr<int64_t>(), B, D,
+                                                     rows, finish, slots, stop);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const dim3 split_grid(
+      static_cast<unsigned>(chunks),
+      static_cast<unsigned>(std::min((D + kSplitColumns - 1) / kSplitColumns, kMaxSplitTiles)));
+  split_class_kernel<acc_t><<<split_grid, dim3(kSplitColumns, kSplitGroups), 0, stream>>>(
+      sp, B, D, finish, slots, stop);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void launch_alpha_update_sorted(const at::Tensor& diff, const at::Tensor& labels,
+                                const at::Tensor& finite, at::Tensor& c, double alpha,
+                                const Workspace& ws) {
+  const int64_t D = diff.size(1);
+  AT_DISPATCH_FLOATING_TYPES(diff.scalar_type(), "centerloss_update_sorted", [&] {
+    using diff_t = scalar_t;  // the forward kernel's rows, in the accumulation type
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_update_sorted_c", [&] {
+      using center_t = scalar_t;
+      using acc_t = acc_type<diff_t, center_t>;
+      run_sorted<acc_t>(labels, D,
+                        UpdateRows<diff_t, acc_t>{diff.const_data_ptr<diff_t>(),
+                                                  finite.const_data_ptr<uint8_t>(), D},
+                        AlphaFinish<center_t, acc_t>{c.data_ptr<center_t>(), D,
+                                                     static_cast<acc_t>(alpha)},
+                        ws.bad);
+    });
+  });
+}
+
+void launch_grad_centers_sorted(const at::Tensor& grad_loss, const at::Tensor& diff,
+                                const at::Tensor& labels, Reduction reduction,
+                                at::Tensor& grad_c, const Workspace& ws) {
+  const int64_t B = diff.size(0), D = diff.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_grad_c_sorted", [&] {
+    using diff_t = scalar_t;
+    using g_t = loss_type<diff_t>;
+    const GradScale<g_t> g = grad_scale<g_t>(grad_loss, reduction, B);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_c.scalar_type(), "centerloss_grad_c_sorted_c", [&] {
+      using center_t = scalar_t;
+      using acc_t = acc_type<diff_t, center_t>;
+      run_sorted<acc_t>(labels, D,
+                        GradRows<diff_t, acc_t, g_t>{diff.const_data_ptr<diff_t>(), g, B, D,
+                                                     grad_c.size(0), ws.bad},
+                        GradFinish<center_t, acc_t>{grad_c.data_ptr<center_t>(), D}, nullptr);
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace centerloss
