@@ -64,7 +64,7 @@ print(json.dumps(facts))
 
 
 class TorchNotFound(SystemExit):
-    pass
+    """No candidate has torch: exits with the message (no traceback under pip)."""
 
 
 def _env_python(prefix: str) -> str:

@@ -152,6 +152,18 @@ def test_pips_own_isolated_build_never_falls_back_to_another_environment(isolati
     assert "$VIRTUAL_ENV" not in run.stderr
 
 
+def test_a_torch_in_the_build_environment_itself_is_refused(isolation, tmp_path):
+    # e.g. torch added to the build requirements: it would shadow the target's torch
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n" + FIND
+    run = _backend(sys.executable, code, isolation)
+    assert run.returncode == 1
+    assert (f"the build would import the torch in {tmp_path}, not the target environment's "
+            f"torch {TORCH_DIST_VERSION} in {TORCH_ROOT}") in run.stderr
+
+
 def test_build_requirements_add_only_ninja_and_metadata_has_the_groups(isolation, tmp_path):
     code = ("import json, centerloss_build as b\n"
             "req = b.get_requires_for_build_wheel()\n"
