@@ -40,12 +40,13 @@ at::Tensor backward_centers(const at::Tensor& g, const at::Tensor& diff, const a
   return op.call(g, diff, y, red, num_classes, at::kDouble, /*deterministic=*/false);
 }
 
-at::Tensor backward_features(const at::Tensor& g, const at::Tensor& diff, int64_t red) {
+at::Tensor backward_features(const at::Tensor& g, const at::Tensor& diff, int64_t red,
+                             std::optional<at::ScalarType> out_dtype = std::nullopt) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("centerloss::backward_features", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
                                          std::optional<at::ScalarType>)>();
-  return op.call(g, diff, red, std::nullopt);
+  return op.call(g, diff, red, out_dtype);
 }
 
 // The paper's update in dense ATen ops (fine at test sizes): the oracle.
@@ -128,6 +129,20 @@ TEST(Backward, MatchesTheFormula) {
   EXPECT_TRUE(at::allclose(backward_features(g, diff, 1), diff * 3.0 / 120));
   at::Tensor expected = -at::zeros_like(c).index_add_(0, y, diff) * 3.0 / 120;
   EXPECT_TRUE(at::allclose(backward_centers(g, diff, y, 1, 4), expected));
+}
+
+TEST(Backward, HalfFeaturesKeepUnroundedRows) {
+  // x = 0 in float16, center 7e4: x - c is out of float16's range, but the saved rows
+  // are float32, and the mean gradient (-35000) is within it.
+  at::Tensor x = at::zeros({2, 3}, at::kHalf);
+  at::Tensor y = at::zeros({2}, at::kLong);
+  at::Tensor c = at::full({1, 3}, 7e4, at::kFloat);
+  auto [loss, diff] = forward(x, y, c, 1, true);
+  EXPECT_EQ(diff.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::equal(diff, at::full({2, 3}, -7e4, at::kFloat)));
+  at::Tensor gx = backward_features(at::ones({}, at::kFloat), diff, 1, at::kHalf);
+  EXPECT_EQ(gx.scalar_type(), at::kHalf);
+  EXPECT_TRUE(at::equal(gx, at::full({2, 3}, -35000.0, at::kHalf)));
 }
 
 TEST(Determinism, ResultsDoNotDependOnTheThreadCount) {
