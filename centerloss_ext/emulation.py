@@ -46,9 +46,22 @@ class _DeviceModule:
     def _is_in_bad_fork() -> bool:
         return False
 
+    # Random ops run on the CPU (through the fallback) with the CPU's generator.
     @staticmethod
     def manual_seed_all(seed: int) -> None:
-        pass
+        torch.default_generator.manual_seed(seed)
+
+    @staticmethod
+    def manual_seed(seed: int) -> None:
+        torch.default_generator.manual_seed(seed)
+
+    @staticmethod
+    def get_rng_state(device=None) -> torch.Tensor:
+        return torch.default_generator.get_state()
+
+    @staticmethod
+    def set_rng_state(state: torch.Tensor, device=None) -> None:
+        torch.default_generator.set_state(state)
 
     @staticmethod
     def synchronize(device=None) -> None:

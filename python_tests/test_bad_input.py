@@ -7,6 +7,7 @@ import torch
 
 import centerloss_ext as cl
 from centerloss_ext import reference
+from conftest import CUDA_DEVICE, sync
 from helpers import make_batch
 
 IMPLS = {"compiled": cl, "reference": reference}
@@ -107,7 +108,7 @@ def test_mixed_devices_are_refused_by_the_fake_kernels():
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("moved", ["features", "labels", "centers"])
 def test_mixed_devices_are_refused(impl, moved):
-    x, y, c = _good("cuda")
+    x, y, c = _good(CUDA_DEVICE)
     args = {"features": x, "labels": y, "centers": c}
     args[moved] = args[moved].cpu()
     before = args["centers"].clone()
@@ -118,13 +119,13 @@ def test_mixed_devices_are_refused(impl, moved):
 
 @pytest.mark.cuda
 def test_cuda_context_survives_bad_labels():
-    x, y, c = make_batch(1000, 8, 10, device="cuda")
+    x, y, c = make_batch(1000, 8, 10, device=CUDA_DEVICE)
     y[500] = 10_000
     before = c.clone()
     with pytest.raises(IndexError, match=r"labels\[500\] = 10000"):
         cl.center_loss_and_update_(x, y, c, 0.5)
     assert torch.equal(c, before)
-    torch.cuda.synchronize()  # a device-side assert would surface here
+    sync()  # a device-side assert would surface here
     y[500] = 3
     loss = cl.center_loss_and_update_(x, y, c, 0.5)
     assert torch.isfinite(loss)
