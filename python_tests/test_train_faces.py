@@ -29,11 +29,14 @@ def tree(tmp_path_factory):
                                 image_size=32, seed=0)
 
 
+# enough steps for the compact network to learn the generated identities' geometry
+LEARN = ["--epochs", "8", "--batch-size", "8", "--lr", "0.01"]
+
+
 @pytest.fixture(scope="module")
 def trained(tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("faces_run")
-    result = faces.main(["train", "--input-dir", str(tree), "--out", str(out),
-                         "--epochs", "4", *FAST])
+    result = faces.main(["train", "--input-dir", str(tree), "--out", str(out), *FAST, *LEARN])
     return out, result
 
 
@@ -44,7 +47,7 @@ def _copy(tree, tmp_path):
 def _error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as e:
         faces.main(argv)
-    assert e.value.code == 1
+    assert e.value.code == 2
     return capsys.readouterr().err
 
 
@@ -56,9 +59,10 @@ def test_train_eval_embed_identify(tree, trained, tmp_path):
     assert result["unseen_val_identities"] == ["id_006"]
     assert final["val_unseen_identities"] == 1 and final["val_images"] == 28
     assert final["val_images_seen"] == 24
-    # the shapes are easy: the features must separate them
-    assert final["val_knn1_acc"] >= 0.9
-    assert final["val_roc_auc"] >= 0.9
+    # training must separate the identities (an untrained network does not:
+    # test_an_untrained_network_is_far_from_perfect)
+    assert final["val_knn1_acc"] >= 0.7
+    assert final["val_roc_auc"] >= 0.75
     for key in ("val_knn5_acc", "val_softmax_acc", "val_nearest_center_acc",
                 "val_tar@far=0.001", "val_best_accuracy", "val_best_threshold"):
         assert key in final
@@ -93,7 +97,7 @@ def test_train_eval_embed_identify(tree, trained, tmp_path):
                           "--top-k", "3", "--workers", "0", "--device", "cpu", "--json"])
     assert len(results) == 24 and all(len(r["matches"]) == 3 for r in results)
     right = [r["identity"] == r["query"].split("/")[-2] for r in results]
-    assert np.mean(right) >= 0.9
+    assert np.mean(right) >= 0.7
     scores = [m["score"] for m in results[0]["matches"]]
     assert scores == sorted(scores, reverse=True) and -1 <= scores[-1] <= scores[0] <= 1
     # a threshold above every score makes the answer "unknown"
@@ -101,6 +105,75 @@ def test_train_eval_embed_identify(tree, trained, tmp_path):
                           "--gallery", str(tmp_path / "gallery.pt"), "--query", queries[0],
                           "--threshold", "1.01", "--workers", "0", "--device", "cpu"])
     assert all(r["identity"] is None for r in unknown)
+
+
+def test_an_untrained_network_is_far_from_perfect(tree, trained):
+    """The generated identities differ in geometry, not in colour (every image draws its
+    own background), so the features must be learnt. Measured here (2026-11-30, seed 0,
+    the fixtures above): val/ 1-NN accuracy 0.29 untrained (seeds 0-2 of the
+    initialisation: 0.29, 0.38, 0.58; chance is 1/6) against 0.875 after the 8 training
+    epochs of `trained` (0.71-0.875 over training seeds 0-2); ROC AUC 0.56 against 0.88.
+    Before the identities were made harder, an untrained network already scored 1.0, so
+    these tests could not catch a broken training step."""
+    from centerloss_ext import CenterLoss
+    from centerloss_ext.train.faces_eval import evaluate
+
+    torch.manual_seed(0)
+    model = FaceNet(6, 32, "compact", 32, 0.2).eval()
+    untrained, _ = evaluate(model, CenterLoss(6, 32), load_face_folders(tree), 32,
+                            torch.device("cpu"), None, 16, 0)
+    final = trained[1]["final"]
+    assert untrained["val_knn1_acc"] <= 0.6
+    assert final["val_knn1_acc"] >= untrained["val_knn1_acc"] + 0.25
+    assert final["val_roc_auc"] >= untrained["val_roc_auc"] + 0.15
+
+
+def test_identify_answers_unknown_at_a_false_accept_rate(tree, trained, tmp_path, capsys):
+    """--far picks the threshold from the gallery's impostor scores (each image against
+    the other identities' templates): the lowest one that accepts at most that share of
+    them; it is printed. An identity absent from the gallery (id_005, enrolled nowhere)
+    is then "unknown" rather than named after its nearest enrolled identity, and the
+    enrolled identities' own val/ images are still named. Measured (seed 0): threshold
+    0.39 at FAR 1e-3; id_005's best scores -0.04..0.29; 20 of 20 known queries named."""
+    from centerloss_ext.train.faces_enroll import far_threshold, identity_templates
+
+    out = trained[0]
+    five = shutil.copytree(tree / "train", tmp_path / "five")
+    shutil.rmtree(five / "id_005")
+    ckpt, gallery = str(out / "checkpoint.pt"), str(tmp_path / "g.npz")
+    run = ["--workers", "0", "--device", "cpu"]
+    faces.main(["embed", "--checkpoint", ckpt, "--images", str(five), "--out", gallery, *run])
+    feats, _, labels, _ = load_embeddings(tmp_path / "g.npz")
+    names, templates = identity_templates(feats, labels)
+    owner = torch.tensor([names.index(n) for n in labels])
+    impostor = (torch.nn.functional.normalize(feats) @ templates.T)[
+        owner[:, None] != torch.arange(5)]
+    for far in (1e-3, 0.05, 0.2):
+        threshold, trials = far_threshold(feats, labels, names, templates, far)
+        assert trials == len(impostor) == 60 * 4
+        assert int((impostor >= threshold).sum()) <= far * trials
+        lower = torch.nextafter(torch.tensor(threshold), torch.tensor(-2.0))
+        assert int((impostor >= lower).sum()) > far * trials        # the lowest such
+    query = ["--query", str(tree / "val" / "id_005")]
+    named = faces.main(["identify", "--checkpoint", ckpt, "--gallery", gallery, *query, *run])
+    assert all(r["identity"] is not None for r in named)     # no threshold: always a name
+    capsys.readouterr()
+    unseen = faces.main(["identify", "--checkpoint", ckpt, "--gallery", gallery, *query,
+                         "--far", "1e-3", "--json", *run])
+    printed = capsys.readouterr()
+    assert "--far 0.001: threshold" in printed.err
+    assert json.loads(printed.out)[0]["threshold"] == unseen[0]["threshold"]
+    assert all(r["identity"] is None for r in unseen)
+    known = faces.main(["identify", "--checkpoint", ckpt, "--gallery", gallery, "--query",
+                        *[str(tree / "val" / f"id_{i:03d}") for i in range(5)],
+                        "--far", "1e-3", *run])
+    answered = [r for r in known if r["identity"] is not None]
+    assert len(answered) >= 15                                  # of 20
+    assert np.mean([r["identity"] == r["query"].split("/")[-2] for r in answered]) >= 0.8
+    with pytest.raises(SystemExit) as e:                        # one or the other
+        faces.main(["identify", "--checkpoint", ckpt, "--gallery", gallery, *query,
+                    "--far", "1e-3", "--threshold", "0.5"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_resume_after_an_interruption_matches_a_straight_run(tree, tmp_path, monkeypatch):
@@ -114,8 +187,9 @@ def test_resume_after_an_interruption_matches_a_straight_run(tree, tmp_path, mon
         return real(*a, **k)
 
     monkeypatch.setattr(faces_train, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as e:                 # Ctrl-C: one line, status 130
         faces.main(["train", "--out", str(tmp_path / "b"), *args])
+    assert e.value.code == 130
     monkeypatch.setattr(faces_train, "train_one_epoch", real)
     resumed = faces.main(["train", "--out", str(tmp_path / "b"), "--resume", *args])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
@@ -295,7 +369,7 @@ def test_train_under_torchrun_two_ranks(tree, tmp_path):
     assert run.stdout.count("epoch 2/2") == 1          # rank 0 logs, once
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["environment"]["world_size"] == 2
-    assert metrics["final"]["val_knn1_acc"] > 0.5
+    assert 0.0 <= metrics["final"]["val_knn1_acc"] <= 1.0     # 2 epochs: mechanics, not accuracy
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["config"]["world_size"] == 2 and ckpt["epoch"] == 2
 

@@ -90,7 +90,7 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         mnist.main(["--dataset", "mnist", "--data", str(tmp_path / "none"),
                     "--out", str(tmp_path / "out")])
-    assert e.value.code == 1
+    assert e.value.code == 2
     assert "mnist not found" in capsys.readouterr().err
 
 
@@ -192,3 +192,54 @@ def test_non_finite_error_message():
     assert isinstance(err, NonFiniteLossError)
     assert str(err).startswith("the loss became nan at epoch 3, step 8 (center=nan); "
                                "training stopped")
+
+
+def test_output_folder_holds_one_run(idx_dir, two_epochs, tmp_path, capsys):
+    """Issue 13 item 5: a non-empty --out is refused without --resume; --overwrite
+    clears the previous run's files (its later epochs' frames too), so the plots and the
+    GIF come from this run alone; --resume with fewer epochs than done stops."""
+    import shutil
+
+    from PIL import Image
+
+    out = shutil.copytree(two_epochs[0], tmp_path / "run")
+    (out / "mine.txt").write_text("kept\n")
+    with pytest.raises(SystemExit) as e:
+        _run(idx_dir, out, "--epochs", "1")
+    assert e.value.code == 2
+    assert f"--out {out} is not empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        _run(idx_dir, out, "--epochs", "1", "--resume")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--resume --epochs 1:" in err and "has already finished 2 epochs" in err
+    assert "final (epoch" not in err
+    _run(idx_dir, out, "--epochs", "1", "--overwrite")
+    assert sorted(p.name for p in (out / "epochs").iterdir()) == ["epoch_01.png"]
+    assert (out / "mine.txt").read_text() == "kept\n"
+    with Image.open(out / "features.gif") as gif:
+        assert gif.n_frames == 1
+    assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [1]
+
+
+def test_ctrl_c_prints_the_resume_command(idx_dir, tmp_path, capsys, monkeypatch):
+    real = mnist.train_one_epoch
+
+    def interrupted(*a, **k):
+        if a[6] == 1:                                        # the second epoch
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mnist, "train_one_epoch", interrupted)
+    argv = ["--data", str(idx_dir), "--out", str(tmp_path / "r"), "--no-progress",
+            "--batch-size", "64", "--epochs", "2"]
+    with pytest.raises(SystemExit) as e:
+        mnist.main(argv)
+    assert e.value.code == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"centerloss-mnist: interrupted: during epoch 2; {tmp_path / 'r' / 'checkpoint.pt'} "
+        "holds the 1 finished epoch",
+        "centerloss-mnist: continue with: python -m centerloss_ext.train.mnist "
+        + " ".join(argv) + " --resume"]
+    monkeypatch.setattr(mnist, "train_one_epoch", real)
+    assert [h["epoch"] for h in mnist.main(argv + ["--resume"])["history"]] == [1, 2]

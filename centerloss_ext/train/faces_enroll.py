@@ -4,12 +4,13 @@ cosine similarity to each identity's template (the normalised mean of its featur
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .common import TrainingError
+from .common import TrainingError, first_line, note_outputs
 from .evaluate import l2_normalize
 from .faces_eval import features
 from .faces_model import FaceNet, Runtime, load_face_model
@@ -49,13 +50,18 @@ def load_embeddings(path: Path) -> Tuple[torch.Tensor, List[str], List[str], Dic
 
     path = Path(path)
     if not path.is_file():
-        raise TrainingError(f"no embeddings file at {path}")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return (torch.from_numpy(z["features"]), [str(s) for s in z["paths"]],
-                    [str(s) for s in z["labels"]], json.loads(str(z["meta"])))
-    d = torch.load(path, map_location="cpu", weights_only=True)
-    return d["features"], d["paths"], d["labels"], d["meta"]
+        raise TrainingError(f"--gallery {path}: no such file")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return (torch.from_numpy(z["features"]), [str(s) for s in z["paths"]],
+                        [str(s) for s in z["labels"]], json.loads(str(z["meta"])))
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        return d["features"], d["paths"], d["labels"], d["meta"]
+    except Exception as e:     # truncated, another kind of file, a checkpoint, missing keys
+        reason = f"no {e}" if isinstance(e, KeyError) else first_line(e)
+        raise TrainingError(f"--gallery {path}: not an embeddings file written by `embed` "
+                            f"({reason}); run `embed` to make one") from None
 
 
 def embed_folder(checkpoint: Path, images: Path, out: Path,
@@ -73,6 +79,7 @@ def embed_folder(checkpoint: Path, images: Path, out: Path,
     meta = {"checkpoint": str(checkpoint), "images": str(root),
             "feature_dim": feats.shape[1], "normalized": "l2"}
     save_embeddings(Path(out), feats, paths, labels, meta)
+    note_outputs(Path(out).parent, Path(out).name)      # --overwrite of a run there clears it
     named = sum(bool(label) for label in labels)
     print(f"wrote {out}: {len(items)} images ({named} labelled, "
           f"{len(set(l for l in labels if l))} identities), {feats.shape[1]}-D features")
@@ -95,12 +102,35 @@ def identity_templates(features: torch.Tensor,
     return names, l2_normalize(sums)
 
 
+def far_threshold(features: torch.Tensor, labels: Sequence[str], names: Sequence[str],
+                  templates: torch.Tensor, far: float) -> Tuple[float, int]:
+    """The lowest threshold whose false-accept rate on the gallery is at most ``far``: the
+    impostor trials are every labelled gallery image against the templates of the other
+    identities, and a score at or above the threshold accepts. Returns the threshold and
+    the number of impostor trials (with fewer than 1/far of them the threshold is just
+    above the highest impostor score)."""
+    rows = [i for i, label in enumerate(labels) if label]
+    if len(names) < 2:
+        raise TrainingError("--far needs a gallery of at least 2 identities (impostor "
+                            "scores are an image against another identity); use --threshold")
+    owner = torch.tensor([names.index(labels[i]) for i in rows])
+    scores = l2_normalize(features[rows]) @ templates.T
+    ranked = scores[owner[:, None] != torch.arange(len(names))].sort(descending=True).values
+    allowed = int(far * len(ranked))            # impostor trials that may be accepted
+    # accept iff score >= threshold: just above the (allowed+1)-th highest impostor score
+    return float(torch.nextafter(ranked[allowed], torch.tensor(2.0))), len(ranked)
+
+
 def identify(checkpoint: Path, gallery: Path, queries: Sequence[Path], top_k: int = 5,
-             threshold: Optional[float] = None,
-             runtime: Runtime = Runtime()) -> List[Dict[str, Any]]:
+             threshold: Optional[float] = None, runtime: Runtime = Runtime(),
+             far: Optional[float] = None) -> List[Dict[str, Any]]:
     """The `identify` job: for each query image (files, or folders of them) the ``top_k``
     enrolled identities of ``gallery`` by cosine similarity; the answer is the best one,
-    or None ("unknown") below ``threshold``."""
+    or None ("unknown") below ``threshold``, or below the threshold picked for a
+    false-accept rate ``far`` on the gallery (far_threshold; printed to stderr). Each
+    result carries the threshold used."""
+    if threshold is not None and far is not None:
+        raise TrainingError("give --threshold or --far, not both")
     device, autocast = runtime.resolve()
     model, _, ckpt = load_face_model(Path(checkpoint), device)
     g_feats, _, g_labels, _ = load_embeddings(Path(gallery))
@@ -108,6 +138,11 @@ def identify(checkpoint: Path, gallery: Path, queries: Sequence[Path], top_k: in
         raise TrainingError(f"{gallery} holds {g_feats.shape[1]}-D features; "
                             f"{checkpoint} makes {ckpt['model_config']['feature_dim']}-D")
     names, templates = identity_templates(g_feats, g_labels)
+    if far is not None:
+        threshold, trials = far_threshold(g_feats, g_labels, names, templates, far)
+        few = "; too few for that rate: just above the highest" if trials * far < 1 else ""
+        print(f"--far {far:g}: threshold {threshold:.4f} (from {trials} impostor scores of "
+              f"{gallery}{few})", file=sys.stderr)
     items = [item for q in queries for item in labelled_images(Path(q))]
     embedded = embed_images(model, ckpt["model_config"]["image_size"], [p for p, _ in items],
                             device, autocast, runtime.batch_size, runtime.workers)
@@ -117,9 +152,9 @@ def identify(checkpoint: Path, gallery: Path, queries: Sequence[Path], top_k: in
     results = []
     for (path, _), s_row, i_row in zip(items, top_scores.tolist(), top_idx.tolist()):
         matches = [{"identity": names[i], "score": round(s, 6)} for s, i in zip(s_row, i_row)]
-        known = threshold is None or matches[0]["score"] >= threshold
+        known = threshold is None or s_row[0] >= threshold
         results.append({"query": str(path), "identity": matches[0]["identity"] if known
-                        else None, "matches": matches})
+                        else None, "matches": matches, "threshold": threshold})
     return results
 
 

@@ -131,7 +131,8 @@ def load_face_model(path: Path, device: torch.device) -> Tuple[FaceNet, CenterLo
     """The model (eval mode), the centers and the checkpoint written by `train`."""
     ckpt = load_checkpoint(path, map_location=device)
     if ckpt.get("kind") != CHECKPOINT_KIND:
-        raise TrainingError(f"{path} is not a {PROG} checkpoint")
+        raise TrainingError(f"--checkpoint {path}: not a checkpoint of `{PROG} train`; give "
+                            "the checkpoint.pt that it wrote")
     cfg = ckpt["model_config"]
     num_classes = len(ckpt["class_names"])
     model = build_model(cfg, num_classes, device)

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from .. import CenterLoss
 from .._machine import environment
 from . import ddp, loop, plots
-from .common import load_checkpoint, save_checkpoint, seed_everything, write_json
+from .common import (check_output_folder, output_folder, save_checkpoint, seed_everything,
+                     write_json)
 from .faces_eval import EvalOptions, evaluate, summary
 from .faces_model import (CHECKPOINT_KIND, DEFAULT_WORKERS, MODEL_KEYS, PROG, amp_dtype,
                           build_model)
@@ -28,6 +29,9 @@ from .folders import FaceFolders, ImageListDataset, face_transforms, load_face_f
 RUN_KEYS = MODEL_KEYS + ("optimizer", "lr", "momentum", "weight_decay", "scheduler",
                          "milestones", "warmup_epochs", "batch_size", "center_loss_weight",
                          "alpha", "clip_grad_norm", "seed", "augment")
+# what a run writes into --out (and `eval` beside the checkpoint): --overwrite deletes these
+OUTPUTS = ("checkpoint.pt", "metrics.json", "curves.png", "roc.png", "eval_metrics.json",
+           "eval_roc.png", "*.tmp")
 NAN_HINT = ("Lower --lr or --center-loss-weight, keep --clip-grad-norm and the warm-up on, "
             "and check the images.")
 
@@ -59,6 +63,7 @@ class TrainOptions:
     eval_every: int = 1
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False
     device: str = "auto"
     batch_size: int = 128
     workers: int = DEFAULT_WORKERS
@@ -157,7 +162,12 @@ def train(opts: TrainOptions) -> Dict[str, Any]:
     """The `train` job; returns metrics.json's content (empty on ranks other than 0)."""
     ranks, device = ddp.setup(opts.device)
     try:
-        return _train(opts, ranks, device)
+        if not ranks.main:
+            return _train(opts, ranks, device)
+        if not opts.resume:                  # before any work: refuse, or clear, --out
+            check_output_folder(Path(opts.out), OUTPUTS, opts.overwrite)
+        with output_folder(Path(opts.out)):  # a failed run leaves no empty folder behind
+            return _train(opts, ranks, device)
     finally:
         ddp.cleanup(ranks)
 
@@ -168,7 +178,7 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
     seed_everything(opts.seed)
     out = Path(opts.out)
     ckpt_path = out / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path, map_location=device) if opts.resume else None
+    ckpt = loop.load_for_resume(ckpt_path, device, ("class_names",)) if opts.resume else None
     folders = load_face_folders(Path(opts.input_dir), opts.num_classes,
                                 class_names=ckpt["class_names"] if ckpt else None)
     unseen = folders.val.unseen
@@ -176,8 +186,6 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
         log(f"val/: {len(unseen)} {'identity' if len(unseen) == 1 else 'identities'} not in "
             f"train/ ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''})"
             ": used for verification only")
-    if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
     train_set = ImageListDataset(folders.train.samples,
                                  face_transforms(opts.image_size, train=True, augment=opts.augment))
     generator = torch.Generator()
@@ -197,7 +205,7 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
     states = {"model": net, "center_loss": center_loss, "optimizer": optimizer,
               "scheduler": scheduler, "scaler": scaler}
     progress = loop.resume(ckpt, ckpt_path, config, RUN_KEYS + ("epochs", "world_size"),
-                           states, log)
+                           states, log, epochs=opts.epochs)
     log(f"{PROG}: {opts.arch} ({opts.image_size}px, {opts.feature_dim}-D), "
         f"{folders.num_classes} identities, {len(train_set)} train / "
         f"{len(folders.val.samples)} val images, λ={opts.center_loss_weight:g}, "
@@ -205,44 +213,30 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
         f"{f' x {ranks.world} ranks' if ranks.distributed else ''}"
         f"{f' with {autocast}'.replace('torch.', '') if autocast else ''} -> {out}")
     eval_options = EvalOptions(opts.gallery_per_class, opts.max_pairs, opts.seed)
-    for epoch in range(progress.epoch, opts.epochs):
-        epoch_seed = opts.seed * 100_003 + epoch      # same order and augmentations on resume
-        torch.manual_seed(epoch_seed + ranks.rank)   # each rank its own augmentations
-        generator.manual_seed(epoch_seed)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        row: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(train_one_epoch(
-            model, center_loss, optimizer, scheduler, scaler, loader, epoch=epoch,
-            epochs=opts.epochs, device=device, autocast=autocast,
-            center_loss_weight=opts.center_loss_weight, clip_grad_norm=opts.clip_grad_norm,
-            show_progress=ranks.main and not opts.no_progress, ranks=ranks,
-            log_every=opts.log_every))
-        ddp.check_same_centers(center_loss.centers, ranks)
-        progress.train_seconds += time.perf_counter() - t0
-        progress.epoch = epoch + 1
-        row["train_seconds"] = round(progress.train_seconds, 1)
-        if not ranks.main:                   # rank 0 evaluates and saves
-            ddp.barrier(ranks)
-            continue
-        if (epoch + 1) % opts.eval_every == 0 or epoch + 1 == opts.epochs:
-            metrics, roc = evaluate(net, center_loss, folders, opts.image_size, device,
-                                    autocast, opts.batch_size, opts.workers, eval_options)
-            row.update(metrics)
-            if roc is not None:
-                plots.roc_plot(out / "roc.png", roc["fpr"], roc["tpr"],
-                               f"val/ verification, epoch {epoch + 1}: AUC "
-                               f"{metrics['val_roc_auc']:.4f}")
-        progress.history.append(row)
-        tqdm.write(f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  train acc "
-                   f"{row['train_acc']:.4f}  {summary(row)}  ({progress.train_seconds:.0f} s)")
+
+    def save() -> None:
         save_checkpoint(ckpt_path, loop.checkpoint_state(
             config, progress, states, kind=CHECKPOINT_KIND,
             model_config={k: getattr(opts, k) for k in MODEL_KEYS},
             class_names=folders.class_names))
         write_json(out / "metrics.json", _record(opts, folders, device, progress.history, ranks))
-        ddp.barrier(ranks)
+
+    saved = epoch = progress.epoch
+    try:
+        for epoch in range(progress.epoch, opts.epochs):
+            _epoch(opts, epoch, model, net, center_loss, optimizer, scheduler, scaler, loader,
+                   sampler, generator, folders, device, autocast, ranks, progress,
+                   eval_options, out)
+            if ranks.main:
+                save()
+                saved = progress.epoch
+            ddp.barrier(ranks)
+    except KeyboardInterrupt:
+        # the epoch's training finished but its save did not: its state is consistent
+        if ranks.main and progress.epoch > saved:
+            save()
+            saved = progress.epoch
+        raise loop.interrupted(epoch, saved, ckpt_path) from None
     if not ranks.main:
         return {}
     plots.training_curves(out / "curves.png", progress.history,
@@ -252,6 +246,44 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
     write_json(out / "metrics.json", result)
     print(f"wrote {out}/: checkpoint.pt, metrics.json, curves.png, roc.png")
     return result
+
+
+def _epoch(opts: TrainOptions, epoch: int, model, net, center_loss, optimizer, scheduler,
+           scaler, loader, sampler, generator, folders: FaceFolders, device: torch.device,
+           autocast, ranks: ddp.Ranks, progress: loop.Progress, eval_options: EvalOptions,
+           out: Path) -> None:
+    """One epoch: train, then on rank 0 evaluate when due; the epoch's row joins the
+    history as soon as its training is done (so a checkpoint saved then is consistent)."""
+    epoch_seed = opts.seed * 100_003 + epoch      # same order and augmentations on resume
+    torch.manual_seed(epoch_seed + ranks.rank)   # each rank its own augmentations
+    generator.manual_seed(epoch_seed)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    t0 = time.perf_counter()
+    row: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+    row.update(train_one_epoch(
+        model, center_loss, optimizer, scheduler, scaler, loader, epoch=epoch,
+        epochs=opts.epochs, device=device, autocast=autocast,
+        center_loss_weight=opts.center_loss_weight, clip_grad_norm=opts.clip_grad_norm,
+        show_progress=ranks.main and not opts.no_progress, ranks=ranks,
+        log_every=opts.log_every))
+    ddp.check_same_centers(center_loss.centers, ranks)
+    progress.train_seconds += time.perf_counter() - t0
+    row["train_seconds"] = round(progress.train_seconds, 1)
+    progress.history.append(row)
+    progress.epoch = epoch + 1
+    if not ranks.main:                       # rank 0 evaluates and saves
+        return
+    if (epoch + 1) % opts.eval_every == 0 or epoch + 1 == opts.epochs:
+        metrics, roc = evaluate(net, center_loss, folders, opts.image_size, device,
+                                autocast, opts.batch_size, opts.workers, eval_options)
+        row.update(metrics)
+        if roc is not None:
+            plots.roc_plot(out / "roc.png", roc["fpr"], roc["tpr"],
+                           f"val/ verification, epoch {epoch + 1}: AUC "
+                           f"{metrics['val_roc_auc']:.4f}")
+    tqdm.write(f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  train acc "
+               f"{row['train_acc']:.4f}  {summary(row)}  ({progress.train_seconds:.0f} s)")
 
 
 def _record(opts: TrainOptions, folders: FaceFolders, device: torch.device,

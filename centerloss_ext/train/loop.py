@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from .common import NonFiniteLossError, TrainingError
+from .common import Interrupted, NonFiniteLossError, TrainingError, load_checkpoint
 from .ddp import Ranks, sum_over_ranks
 
 LOG_EVERY = 50            # steps between host read-backs (progress bar, non-finite check)
@@ -122,18 +122,31 @@ def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any],
                             + ": pass the same options to resume, or use another --out")
 
 
+def load_for_resume(path: Path, map_location: Any,
+                    required: Sequence[str] = ()) -> Dict[str, Any]:
+    """The checkpoint --resume continues, or a one-line error saying what to do instead."""
+    if not Path(path).is_file():
+        raise TrainingError(f"--resume: no checkpoint at {path}; drop --resume to start a "
+                            "new run there")
+    return load_checkpoint(path, map_location, flag="--resume:",
+                           required=("config", "epoch", "history", *required))
+
+
 def resume(ckpt: Optional[Mapping[str, Any]], path: Path, config: Mapping[str, Any],
            keys: Sequence[str], states: Mapping[str, Any],
-           log: Callable[[str], None] = print) -> Progress:
+           log: Callable[[str], None] = print, epochs: Optional[int] = None) -> Progress:
     """The resume block of both scripts. With ``ckpt`` (the loaded checkpoint), refuses a
-    run whose ``keys`` of ``config`` differ from the saved ones, loads each of ``states``
-    (name -> object with ``load_state_dict``) from the checkpoint's entry of that name,
-    and returns where the run stood. Without it, notes when ``path`` would be
-    overwritten and returns a fresh Progress."""
+    run that has already done more than ``epochs`` epochs, or whose ``keys`` of ``config``
+    differ from the saved ones, loads each of ``states`` (name -> object with
+    ``load_state_dict``) from the checkpoint's entry of that name, and returns where the
+    run stood. Without it, returns a fresh Progress (the scripts refuse a non-empty
+    output folder before they get here)."""
     if ckpt is None:
-        if Path(path).exists():
-            log(f"note: starting afresh; {path} will be overwritten (--resume continues it)")
         return Progress()
+    if epochs is not None and ckpt["epoch"] > epochs:
+        raise TrainingError(f"--resume --epochs {epochs}: {path} has already finished "
+                            f"{ckpt['epoch']} epochs; pass --epochs {ckpt['epoch']} or more "
+                            "to continue it")
     check_same_config(ckpt["config"], config, keys, path)
     for name, obj in states.items():
         obj.load_state_dict(ckpt[name])
@@ -148,6 +161,16 @@ def checkpoint_state(config: Mapping[str, Any], progress: Progress,
     return {"config": dict(config), "epoch": progress.epoch, "history": progress.history,
             "train_seconds": progress.train_seconds,
             **{name: obj.state_dict() for name, obj in states.items()}, **extra}
+
+
+def interrupted(epoch: int, saved: int, path: Path) -> Interrupted:
+    """Ctrl-C during (0-based) ``epoch``, with ``saved`` epochs in the checkpoint at
+    ``path``."""
+    if saved == 0:
+        return Interrupted(f"during epoch {epoch + 1}, before any epoch finished: nothing "
+                           "was saved", resumable=False)
+    return Interrupted(f"during epoch {epoch + 1}; {path} holds the {saved} finished "
+                       f"epoch{'s' if saved != 1 else ''}", resumable=True)
 
 
 def run_record(config: Mapping[str, Any], environment: Mapping[str, Any],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ from tqdm import tqdm
 from .. import CenterLoss
 from .._machine import environment
 from . import loop, plots
-from .common import (HelpFormatter, load_checkpoint, resolve_device, run_cli, save_checkpoint,
-                     seed_everything, write_json)
+from .common import (HelpFormatter, alpha_value, check_output_folder, device_name,
+                     non_negative_float, output_folder, positive_float, positive_int,
+                     resolve_device, run_cli, save_checkpoint, seed_everything, write_json)
 from .evaluate import (extract_features, intra_inter_ratio, knn_accuracy,
                        nearest_center_accuracy, tensor_batches)
 from .idx import DATASETS, ImageSplits, load_mnist_like, to_unit_range
@@ -37,6 +39,9 @@ PROG = "centerloss-mnist"
 # options that define a run: resuming with other values would mix two runs
 RUN_KEYS = ("dataset", "feature_dim", "center_loss_weight", "alpha", "lr", "weight_decay",
             "batch_size", "seed", "lr_schedule", "augment")
+# what a run writes into --out: --overwrite deletes these, and nothing else
+OUTPUTS = ("checkpoint.pt", "metrics.json", "curves.png", "features.gif", "epochs/epoch_*.png",
+           "*.tmp")
 KNN_KS = (1, 5)
 EVAL_BATCH = 1000
 
@@ -60,6 +65,7 @@ class MnistOptions:
     device: str = "cpu"
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False
     limit_train: Optional[int] = None
     no_progress: bool = False
     log_every: int = loop.LOG_EVERY          # not a command-line option; not recorded
@@ -80,37 +86,42 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "/usr/share/datasets/fashion-mnist), or torchvision's root")
     p.add_argument("--download", action="store_true",
                    help="let torchvision download the data set into --data")
-    p.add_argument("--out", default=O.out, help="output folder")
-    p.add_argument("--epochs", type=int, default=O.epochs, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=O.batch_size, help="images per step")
-    p.add_argument("--lr", type=float, default=O.lr, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, default=O.weight_decay)
+    p.add_argument("--out", default=O.out,
+                   help="output folder: new or empty, unless --resume or --overwrite")
+    p.add_argument("--epochs", type=positive_int, default=O.epochs,
+                   help="passes over the training set")
+    p.add_argument("--batch-size", type=positive_int, default=O.batch_size,
+                   help="images per step")
+    p.add_argument("--lr", type=positive_float, default=O.lr, help="Adam learning rate")
+    p.add_argument("--weight-decay", type=non_negative_float, default=O.weight_decay)
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=O.lr_schedule,
                    help="cosine: decay to 0 over --epochs (per epoch)")
     p.add_argument("--augment", action="store_true",
                    help="random shifts of up to 2 pixels, and horizontal flips for "
                         "Fashion-MNIST (not for digits)")
-    p.add_argument("--center-loss-weight", "--lambda", dest="center_loss_weight", type=float,
+    p.add_argument("--center-loss-weight", "--lambda", dest="center_loss_weight",
+                   type=non_negative_float,
                    default=O.center_loss_weight,
                    help="λ; 0 trains the softmax-only baseline (the centers are still "
                         "tracked, for evaluation)")
-    p.add_argument("--alpha", type=float, default=O.alpha, help="center learning rate α")
-    p.add_argument("--feature-dim", type=int, default=O.feature_dim,
+    p.add_argument("--alpha", type=alpha_value, default=O.alpha,
+                   help="center learning rate α, in [0, 1]")
+    p.add_argument("--feature-dim", type=positive_int, default=O.feature_dim,
                    help="width of the feature layer (2 as in the paper's plots; wider ones "
                         "are plotted on their first two principal components)")
-    p.add_argument("--device", default=O.device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", type=device_name, default=O.device,
+                   help="cpu, cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=O.seed, help="initialisation and batch order")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from --out/checkpoint.pt up to --epochs")
-    p.add_argument("--limit-train", type=int, default=None, metavar="N",
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from --out/checkpoint.pt up to --epochs")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a non-empty --out, deleting what a previous "
+                            "run wrote there (and nothing else)")
+    p.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on the first N training images only (quick trials)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.feature_dim < 1:
-        p.error("--epochs, --batch-size and --feature-dim must be positive")
-    if args.center_loss_weight < 0:
-        p.error("--center-loss-weight must be >= 0")
-    return args
+    return p.parse_args(argv)      # each value is checked by its own type
 
 
 def lr_at(lr: float, schedule: str, epoch: int, epochs: int) -> float:
@@ -199,12 +210,22 @@ def evaluate_test(model: LeNetPlusPlus, center_loss: CenterLoss, data: ImageSpli
 
 def run(opts: MnistOptions) -> Dict[str, Any]:
     """Trains, evaluates and writes everything to ``opts.out``; returns metrics.json's
-    content."""
+    content. A fresh run refuses a non-empty ``out`` (``overwrite``: clears what a
+    previous run wrote there); a failed run leaves no empty folder behind."""
     device = resolve_device(opts.device)
+    out = Path(opts.out)
+    ckpt = loop.load_for_resume(out / "checkpoint.pt", device, ("torch_rng",)) \
+        if opts.resume else None
+    if ckpt is None:
+        check_output_folder(out, OUTPUTS, opts.overwrite)
+    with output_folder(out / "epochs"):
+        return _run(opts, device, ckpt)
+
+
+def _run(opts: MnistOptions, device: torch.device, ckpt: Optional[Dict[str, Any]]):
     seed_everything(opts.seed)
     data = load_mnist_like(opts.dataset, opts.data, opts.download)
     out = Path(opts.out)
-    (out / "epochs").mkdir(parents=True, exist_ok=True)
     train_images = to_unit_range(data.train_images)
     train_labels = data.train_labels
     if opts.limit_train is not None:
@@ -223,9 +244,8 @@ def run(opts: MnistOptions) -> Dict[str, Any]:
         config["epochs"] = opts.epochs
         run_keys = RUN_KEYS + ("epochs",)
     ckpt_path = out / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path, map_location=device) if opts.resume else None
     states = {"model": model, "center_loss": center_loss, "optimizer": optimizer}
-    progress = loop.resume(ckpt, ckpt_path, config, run_keys, states)
+    progress = loop.resume(ckpt, ckpt_path, config, run_keys, states, epochs=opts.epochs)
     if ckpt is not None:
         torch.set_rng_state(ckpt["torch_rng"])
 
@@ -235,34 +255,28 @@ def run(opts: MnistOptions) -> Dict[str, Any]:
           f"({len(train_images)} train / {len(test_images)} test) on {device}, "
           f"{opts.epochs} epoch{'s' if opts.epochs != 1 else ''} -> {out}")
     history = progress.history
-    for epoch in range(progress.epoch, opts.epochs):
-        lr = lr_at(opts.lr, opts.lr_schedule, epoch, opts.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        train_metrics = train_one_epoch(model, center_loss, optimizer, train_images,
-                                        train_labels, opts, epoch, device)
-        progress.train_seconds += time.perf_counter() - t0
-        progress.epoch = epoch + 1
-        elapsed = progress.train_seconds
-        test_metrics, test_feats = evaluate_test(model, center_loss, data, test_images, device)
-        row = {"epoch": epoch + 1, "lr": lr, **train_metrics, **test_metrics,
-               "train_seconds": round(elapsed, 1)}
-        history.append(row)
-        plots.feature_scatter(out / "epochs" / f"epoch_{epoch + 1:02d}.png", test_feats,
-                              data.test_labels, center_loss.centers, data.class_names,
-                              f"{opts.dataset} test, epoch {epoch + 1}: {tag}\n"
-                              f"nearest-center acc {test_metrics['test_nearest_center_acc']:.3f}"
-                              f", intra/inter {test_metrics['test_intra_inter_ratio']:.3f}")
-        tqdm.write(f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  "
-                   f"train acc {row['train_acc']:.4f}  test softmax acc "
-                   f"{row['test_softmax_acc']:.4f}  nearest-center {row['test_nearest_center_acc']:.4f}"
-                   f"  intra/inter {row['test_intra_inter_ratio']:.3f}  ({elapsed:.0f} s)")
+
+    def save() -> None:
         save_checkpoint(ckpt_path, loop.checkpoint_state(
             config, progress, states, torch_rng=torch.get_rng_state(),
             class_names=list(data.class_names)))
         write_json(out / "metrics.json", _metrics(opts, data, device, history, None))
 
+    saved = epoch = progress.epoch
+    try:
+        for epoch in range(progress.epoch, opts.epochs):
+            _epoch(opts, epoch, model, center_loss, optimizer, train_images, train_labels,
+                   test_images, data, device, progress, tag, out)
+            save()
+            saved = progress.epoch
+    except KeyboardInterrupt:
+        if progress.epoch > saved:      # trained but not saved: a consistent state to keep
+            save()
+            saved = progress.epoch
+        raise loop.interrupted(epoch, saved, ckpt_path) from None
+
+    if "test_softmax_acc" not in history[-1]:     # Ctrl-C came between training and test
+        history[-1].update(evaluate_test(model, center_loss, data, test_images, device)[0])
     # Final: k-NN of the test features against the (un-augmented) training features.
     train_feats, _, _ = features_of(model, train_images, train_labels, device)
     test_feats, test_y, _ = features_of(model, test_images, data.test_labels, device)
@@ -271,14 +285,45 @@ def run(opts: MnistOptions) -> Dict[str, Any]:
     metrics = _metrics(opts, data, device, history, final)
     write_json(out / "metrics.json", metrics)
     plots.training_curves(out / "curves.png", history)
-    all_frames = sorted((out / "epochs").glob("epoch_*.png"))
-    plots.make_gif(all_frames, out / "features.gif")
+    # this run's frames only (a folder may hold older ones only when it is resumed)
+    plots.make_gif([out / "epochs" / f"epoch_{h['epoch']:02d}.png" for h in history],
+                   out / "features.gif")
     print(f"final (epoch {final['epoch']}): softmax acc {final['test_softmax_acc']:.4f}, "
           + ", ".join(f"{k}-NN acc {v:.4f}" for k, v in knn.items())
           + f", nearest-center acc {final['test_nearest_center_acc']:.4f}, intra/inter ratio "
           f"{final['test_intra_inter_ratio']:.4f}; {final['train_seconds']:.0f} s training")
     print(f"wrote {out}/: epochs/*.png, features.gif, curves.png, metrics.json, checkpoint.pt")
     return metrics
+
+
+def _epoch(opts: MnistOptions, epoch: int, model: LeNetPlusPlus, center_loss: CenterLoss,
+           optimizer: torch.optim.Optimizer, train_images: torch.Tensor,
+           train_labels: torch.Tensor, test_images: torch.Tensor, data: ImageSplits,
+           device: torch.device, progress: loop.Progress, tag: str, out: Path) -> None:
+    """One epoch: train, then measure the test set and plot its features; the epoch's row
+    joins the history as soon as its training is done."""
+    lr = lr_at(opts.lr, opts.lr_schedule, epoch, opts.epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    t0 = time.perf_counter()
+    row = {"epoch": epoch + 1, "lr": lr, **train_one_epoch(
+        model, center_loss, optimizer, train_images, train_labels, opts, epoch, device)}
+    progress.train_seconds += time.perf_counter() - t0
+    elapsed = progress.train_seconds
+    row["train_seconds"] = round(elapsed, 1)
+    progress.history.append(row)
+    progress.epoch = epoch + 1
+    test_metrics, test_feats = evaluate_test(model, center_loss, data, test_images, device)
+    row.update(test_metrics)
+    plots.feature_scatter(out / "epochs" / f"epoch_{epoch + 1:02d}.png", test_feats,
+                          data.test_labels, center_loss.centers, data.class_names,
+                          f"{opts.dataset} test, epoch {epoch + 1}: {tag}\n"
+                          f"nearest-center acc {test_metrics['test_nearest_center_acc']:.3f}"
+                          f", intra/inter {test_metrics['test_intra_inter_ratio']:.3f}")
+    tqdm.write(f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  "
+               f"train acc {row['train_acc']:.4f}  test softmax acc "
+               f"{row['test_softmax_acc']:.4f}  nearest-center {row['test_nearest_center_acc']:.4f}"
+               f"  intra/inter {row['test_intra_inter_ratio']:.3f}  ({elapsed:.0f} s)")
 
 
 def _metrics(opts: MnistOptions, data: ImageSplits, device: torch.device, history,
@@ -289,7 +334,8 @@ def _metrics(opts: MnistOptions, data: ImageSplits, device: torch.device, histor
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
-    return run_cli(PROG, lambda: run(MnistOptions(**vars(args))))
+    command = PROG if Path(sys.argv[0]).name == PROG else "python -m centerloss_ext.train.mnist"
+    return run_cli(PROG, lambda: run(MnistOptions(**vars(args))), argv, command)
 
 
 if __name__ == "__main__":

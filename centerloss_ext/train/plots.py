@@ -78,14 +78,32 @@ def training_curves(path: Path, history: Sequence[Dict[str, float]],
                     accuracy_keys: Sequence[str] = ("train_acc", "test_softmax_acc",
                                                     "test_nearest_center_acc")) -> Path:
     """Loss (total, softmax, center) and accuracies per epoch."""
+    fig = curves_figure(history, accuracy_keys)
+    fig.savefig(path)
+    return Path(path)
+
+
+def curves_figure(history: Sequence[Dict[str, float]],
+                  accuracy_keys: Sequence[str] = ("train_acc", "test_softmax_acc",
+                                                  "test_nearest_center_acc")) -> Figure:
+    """training_curves' figure. The loss axis is logarithmic and spans whole decades, so
+    its top and bottom carry labelled ticks (a span inside 10^-2..1.5 would otherwise
+    leave every value above 10^0 without a label)."""
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(10, 4), dpi=90)
     ax_loss, ax_acc = fig.subplots(1, 2)
+    losses = []
     for key, label in (("train_loss", "total"), ("train_softmax_loss", "softmax"),
                        ("train_center_loss", "center (unweighted)")):
         if any(key in h for h in history):
-            ax_loss.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=label)
+            values = [h.get(key, np.nan) for h in history]
+            losses += values
+            ax_loss.plot(epochs, values, marker="o", label=label)
     ax_loss.set_yscale("log")
+    positive = [v for v in losses if np.isfinite(v) and v > 0]
+    if positive:
+        ax_loss.set_ylim(10.0 ** np.floor(np.log10(min(positive))),
+                         10.0 ** np.ceil(np.log10(max(positive) * 1.0001)))
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("training loss (epoch mean)", fontsize=10)
     ax_loss.legend(fontsize=8)
@@ -100,8 +118,7 @@ def training_curves(path: Path, history: Sequence[Dict[str, float]],
     ax_acc.legend(fontsize=8)
     ax_acc.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return fig
 
 
 def make_gif(frames: Sequence[Path], path: Path, duration_ms: int = 700) -> Optional[Path]:

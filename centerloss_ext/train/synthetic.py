@@ -3,10 +3,13 @@ without a face data set:
 
     python -m centerloss_ext.train.synthetic OUT_DIR [--identities 8]
 
-Each "identity" is a shape (ellipse, box, triangle, ring, cross, diamond) in its own
-colours on its own background; each image of it moves, scales and re-lights the shape and
-adds pixel noise, so identities are learnable but no two images are alike. val/ holds
-images of every training identity plus ``unseen`` identities absent from train/.
+Each "identity" is a shape (ellipse, box, triangle, ring, cross, diamond) of its own size
+with a small mark at its own place. Colours belong to the image, not to the identity:
+every image draws its background, shape and mark colours at random, and moves, scales and
+re-lights the shape and adds pixel noise. So what tells identities apart is geometry, which
+a network has to learn: raw pixels, or an untrained network's features, are dominated by
+the colours (python_tests/test_train_synthetic.py measures both). val/ holds images of
+every training identity plus ``unseen`` identities absent from train/.
 """
 from __future__ import annotations
 
@@ -17,19 +20,33 @@ from typing import Optional, Sequence
 import numpy as np
 
 SHAPES = ("ellipse", "box", "triangle", "ring", "cross", "diamond")
+COLOUR_JITTER = 15.0       # per-image spread of an identity's shape colour (grey levels)
+
+
+def _contrasting(rng: np.random.Generator, other: tuple) -> tuple:
+    """A random colour that stands out from ``other`` (40 grey levels brighter or darker,
+    or 120 apart in one channel), so shapes and marks stay visible."""
+    while True:
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if abs(sum(colour) - sum(other)) / 3 >= 40 or \
+                max(abs(a - b) for a, b in zip(colour, other)) >= 120:
+            return colour
 
 
 def _draw(rng: np.random.Generator, identity: dict, size: int):
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (size, size), identity["background"])
+    jitter = rng.normal(0, COLOUR_JITTER, 3)
+    colour = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(identity["colour"], jitter))
+    background = _contrasting(rng, colour)
+    mark_colour = _contrasting(rng, colour)
+    image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     scale = identity["scale"] * rng.uniform(0.85, 1.15)
     cx = size / 2 + rng.uniform(-0.08, 0.08) * size
     cy = size / 2 + rng.uniform(-0.08, 0.08) * size
     r = scale * size / 2
     box = (cx - r, cy - r, cx + r, cy + r)
-    colour = identity["colour"]
     shape = identity["shape"]
     if shape == "ellipse":
         draw.ellipse((cx - r, cy - 0.7 * r, cx + r, cy + 0.7 * r), fill=colour)
@@ -49,7 +66,7 @@ def _draw(rng: np.random.Generator, identity: dict, size: int):
     mx, my = identity["mark"]
     m = size / 10
     draw.ellipse((mx * size - m, my * size - m, mx * size + m, my * size + m),
-                 fill=identity["mark_colour"])
+                 fill=mark_colour)
     pixels = np.asarray(image, dtype=np.float32)
     pixels = pixels * rng.uniform(0.8, 1.2) + rng.normal(0, 12, pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
@@ -69,10 +86,8 @@ def make_synthetic_faces(root: Path, identities: int = 6, train_per_identity: in
         identity = {
             "shape": SHAPES[k % len(SHAPES)],
             "colour": tuple(int(v) for v in rng.integers(30, 226, 3)),
-            "background": tuple(int(v) for v in rng.integers(0, 256, 3)),
             "scale": rng.uniform(0.5, 0.75),
             "mark": tuple(rng.uniform(0.15, 0.85, 2)),
-            "mark_colour": tuple(int(v) for v in rng.integers(0, 256, 3)),
         }
         splits = [("val", val_per_identity)] if k >= identities else \
             [("train", train_per_identity), ("val", val_per_identity)]
