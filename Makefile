@@ -1,7 +1,8 @@
 # Set-up-and-go commands (see README.md). Everything lands in a virtual environment,
 # .venv, built on first use.
 #   make demo    the main job: trains LeNet++ with center loss on Fashion-MNIST (CPU)
-#   make test    every test: the Python suite and the C++ unit tests
+#   make test    every test: the Python suite, the C++ unit tests, and the CUDA kernels'
+#                tests on the SIMT emulator (no GPU needed)
 #   make bench   bench/compare.py over the full grid (bench-quick: the short CI run)
 #   make test-cuda-emu   the CUDA kernels' tests on the SIMT emulator (no GPU needed)
 PYTHON ?= python3
@@ -47,7 +48,7 @@ demo: build system-deps
 cpp-test: build system-deps
 	PYTHON=$(PY) scripts/cpp_tests.sh
 
-test: pytest cpp-test
+test: pytest cpp-test test-cuda-emu
 
 # The CUDA kernels without a GPU: csrc/cuda/*.cu compiled by g++ against the SIMT
 # emulator (csrc/emu/) and run by every test marked `cuda` on the "simt" device, under two
@@ -70,10 +71,13 @@ emu-coverage:
 	gcovr -r . --object-directory build/emu/cov --filter 'csrc/cuda/' --txt \
 	  | tee build/emu/coverage.txt
 
+# the tests aimed at the kernels themselves (the other device-parametrised tests run in
+# test-cuda-emu; under ASan they would double its time for no new kernel path)
+ASAN_TESTS ?= python_tests/test_cuda.py python_tests/test_cuda_kernels.py python_tests/test_bad_input.py
 test-cuda-asan: build system-deps
 	$(PY) csrc/emu/build.py --variant asan
 	env $$($(PY) csrc/emu/build.py --variant asan --print-env) SIMT_SEED=3 \
-	  $(PY) -m pytest -q -m cuda -p no:cacheprovider python_tests
+	  $(PY) -m pytest -q -m cuda -p no:cacheprovider $(ASAN_TESTS)
 
 # The benchmark of bench/RESULTS.md; the device is CUDA when one is visible.
 bench: build
