@@ -108,8 +108,8 @@ def test_train_eval_embed_identify(tree, trained, tmp_path):
 
 
 def test_an_untrained_network_is_far_from_perfect(tree, trained):
-    """The generated identities differ in geometry, not in colour (every image draws its
-    own background), so the features must be learnt. Measured here (2026-11-30, seed 0,
+    """The generated identities' pixels are dominated by a background drawn per image, so
+    the features must be learnt. Measured here (2026-11-30, seed 0,
     the fixtures above): val/ 1-NN accuracy 0.29 untrained (seeds 0-2 of the
     initialisation: 0.29, 0.38, 0.58; chance is 1/6) against 0.875 after the 8 training
     epochs of `trained` (0.71-0.875 over training seeds 0-2); ROC AUC 0.56 against 0.88.

@@ -235,7 +235,10 @@ _NOTED = ".centerloss_outputs"     # names (relative to the folder) of files job
 
 
 def note_outputs(folder: Path, *names: str) -> None:
-    """Records files a job wrote in ``folder`` that --overwrite may later delete."""
+    """Records files a job wrote in ``folder`` that --overwrite may later delete, when
+    ``folder`` holds a training run (elsewhere there is nothing to overwrite)."""
+    if not (Path(folder) / "checkpoint.pt").is_file():
+        return
     record = Path(folder) / _NOTED
     known = set(record.read_text().split("\n")) if record.is_file() else set()
     record.write_text("\n".join(sorted((known | set(names)) - {""})) + "\n")

@@ -4,12 +4,13 @@ without a face data set:
     python -m centerloss_ext.train.synthetic OUT_DIR [--identities 8]
 
 Each "identity" is a shape (ellipse, box, triangle, ring, cross, diamond) of its own size
-with a small mark at its own place. Colours belong to the image, not to the identity:
-every image draws its background, shape and mark colours at random, and moves, scales and
-re-lights the shape and adds pixel noise. So what tells identities apart is geometry, which
-a network has to learn: raw pixels, or an untrained network's features, are dominated by
-the colours (python_tests/test_train_synthetic.py measures both). val/ holds images of
-every training identity plus ``unseen`` identities absent from train/.
+and colour with a small mark at its own place. Every image draws its own background and
+mark colours, varies the shape's colour (COLOUR_JITTER), moves, scales and re-lights the
+shape and adds pixel noise. Raw pixels, and an untrained network's features, are
+dominated by the random background, so the features that tell identities apart have to
+be learnt (python_tests/test_train_faces.py measures an untrained and a trained
+network). val/ holds images of every training identity plus ``unseen`` identities
+absent from train/.
 """
 from __future__ import annotations
 
