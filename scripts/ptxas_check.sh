@@ -49,14 +49,23 @@ for a in $ARCHS; do gencode+=(-gencode "arch=compute_$a,code=sm_$a"); done
 
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(csrc/cuda/*.cu)
-for f in "${files[@]}"; do
-  # PTXAS_REUSE_LOGS=1: parse the logs of an earlier run again (after editing a comment)
-  [ "${PTXAS_REUSE_LOGS:-0}" = 1 ] && [ -s "$OUT/$(basename "$f" .cu).log" ] && continue
+# One nvcc per file, MAX_JOBS (default 2) side by side: each is single-threaded.
+compile_one() {
+  local f=$1 name
   name=$(basename "$f" .cu)
   echo "ptxas_check: $f" >&2
   "$NVCC" -c "$f" -o "$OUT/$name.o" "${FLAGS[@]}" "${gencode[@]}" --resource-usage \
-    > "$OUT/$name.log" 2>&1 || { cat "$OUT/$name.log" >&2; exit 1; }
+    > "$OUT/$name.log" 2>&1 || { cat "$OUT/$name.log" >&2; return 1; }
+}
+rm -f "$OUT/.failed"
+for f in "${files[@]}"; do
+  # PTXAS_REUSE_LOGS=1: parse the logs of an earlier run again (after editing a comment)
+  [ "${PTXAS_REUSE_LOGS:-0}" = 1 ] && [ -s "$OUT/$(basename "$f" .cu).log" ] && continue
+  while [ "$(jobs -rp | wc -l)" -ge "${MAX_JOBS:-2}" ]; do sleep 1; done
+  { compile_one "$f" || touch "$OUT/.failed"; } &
 done
+wait
+[ ! -e "$OUT/.failed" ] || exit 1
 
 # Parse the logs: one row per (kernel, arch).
 "$PYTHON" - "$OUT" "${files[@]}" <<'PY'
