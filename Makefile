@@ -76,7 +76,7 @@ emu-coverage:
 ASAN_TESTS ?= python_tests/test_cuda.py python_tests/test_cuda_kernels.py python_tests/test_bad_input.py
 test-cuda-asan: build system-deps
 	$(PY) csrc/emu/build.py --variant asan
-	env $$($(PY) csrc/emu/build.py --variant asan --print-env) SIMT_SEED=3 \
+	eval "export $$($(PY) csrc/emu/build.py --variant asan --print-env)" && SIMT_SEED=3 \
 	  $(PY) -m pytest -q -m cuda -p no:cacheprovider $(ASAN_TESTS)
 
 # The benchmark of bench/RESULTS.md; the device is CUDA when one is visible.
