@@ -39,11 +39,12 @@ pytest: build
 	$(PY) -m pytest -q
 
 # The main job: LeNet++ with center loss on Fashion-MNIST, on the CPU, into runs/demo/
+# (a new run replaces the previous demo's outputs: --overwrite, unless DEMO_ARGS resumes)
 # (feature plots per epoch, features.gif, curves.png, metrics.json, checkpoint.pt).
 DEMO_EPOCHS ?= 3
 DEMO_ARGS ?=
 demo: build system-deps
-	$(PY) -m centerloss_ext.train.mnist --out runs/demo --epochs $(DEMO_EPOCHS) $(DEMO_ARGS)
+	$(PY) -m centerloss_ext.train.mnist --out runs/demo --epochs $(DEMO_EPOCHS) $(if $(findstring --resume,$(DEMO_ARGS)),,--overwrite) $(DEMO_ARGS)
 
 cpp-test: build system-deps
 	PYTHON=$(PY) scripts/cpp_tests.sh

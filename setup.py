@@ -10,8 +10,10 @@ importable anyway. CENTERLOSS_TORCH_PYTHON=/path/to/env/bin/python names the env
 whose torch to build against when the backend cannot find it.
 
 Environment switches:
-    CENTERLOSS_CPU_ONLY=1   build the CPU kernels only, even where CUDA is available
-    FORCE_CUDA=1            build the CUDA kernels even without a visible GPU (needs nvcc)
+    CENTERLOSS_CPU_ONLY=1   build the CPU kernels only (CUDA is otherwise compiled whenever
+                            torch is a CUDA build and nvcc is found, GPU or not)
+    FORCE_CUDA=1            compile the CUDA kernels even when torch has no CUDA runtime
+                            (a CPU-only torch); needs nvcc
     TORCH_CUDA_ARCH_LIST    CUDA archs to compile for (default "8.0;9.0+PTX")
     MAX_JOBS                parallel compile jobs (ninja)
     CENTERLOSS_TORCH_PYTHON the python whose torch to build against (the build backend's

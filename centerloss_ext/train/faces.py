@@ -18,6 +18,11 @@ options.
 """
 from __future__ import annotations
 
+from .extras import require as _require_extras
+
+# before the first import of an optional package: a missing one is one line, not a traceback
+_require_extras("centerloss-faces", __name__)
+
 import argparse
 import sys
 from pathlib import Path

@@ -12,6 +12,11 @@ ratio of the test features.
 """
 from __future__ import annotations
 
+from .extras import require as _require_extras
+
+# before the first import of an optional package: a missing one is one line, not a traceback
+_require_extras("centerloss-mnist", __name__)
+
 import argparse
 import math
 import sys
