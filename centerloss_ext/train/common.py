@@ -10,7 +10,10 @@ import math
 import os
 import random
 import shlex
+import signal
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
@@ -128,12 +131,39 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
         return super()._get_help_string(action)
 
 
+_sigint_seen = False
+
+
+def _on_sigint(signum, frame) -> None:
+    global _sigint_seen
+    _sigint_seen = True
+    raise KeyboardInterrupt
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, or a data-loading worker it killed before it reached this process (a
+    terminal's Ctrl-C goes to the whole process group): DataLoader then reports the
+    worker's death first, as a RuntimeError."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    if not (isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc)):
+        return False
+    if not _sigint_seen:
+        try:
+            time.sleep(1.0)  # the same Ctrl-C, if it is one, is on its way here
+        except KeyboardInterrupt:
+            return True
+    return _sigint_seen
+
+
 def run_cli(prog: str, fn: Callable[[], Any], argv: Optional[Sequence[str]] = None,
             command: Optional[str] = None) -> Any:
     """Runs ``fn``. A TrainingError becomes one line, ``prog: error: message``, and exit
     status 2 (a DataLoader worker's wrapped one too); Ctrl-C becomes one line and exit
     status 130, with the command that resumes the run when a checkpoint was saved
     (``command``: how the script was started, ``argv``: its arguments)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)  # remembers that Ctrl-C came (is_interrupt)
     try:
         return fn()
     except Interrupted as e:

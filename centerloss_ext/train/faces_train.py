@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .. import CenterLoss
 from .._machine import environment
 from . import ddp, loop, plots
-from .common import (check_output_folder, output_folder, save_checkpoint, seed_everything,
+from .common import (check_output_folder, is_interrupt, output_folder, save_checkpoint, seed_everything,
                      write_json)
 from .faces_eval import EvalOptions, evaluate, summary
 from .faces_model import (CHECKPOINT_KIND, DEFAULT_WORKERS, MODEL_KEYS, PROG, amp_dtype,
@@ -231,7 +231,9 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
                 save()
                 saved = progress.epoch
             ddp.barrier(ranks)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as e:  # RuntimeError: see is_interrupt
+        if not is_interrupt(e):
+            raise
         # the epoch's training finished but its save did not: its state is consistent
         if ranks.main and progress.epoch > saved:
             save()

@@ -34,7 +34,8 @@ from .._machine import environment
 from . import loop, plots
 from .common import (HelpFormatter, alpha_value, check_output_folder, device_name,
                      non_negative_float, output_folder, positive_float, positive_int,
-                     resolve_device, run_cli, save_checkpoint, seed_everything, write_json)
+                     is_interrupt, resolve_device, run_cli, save_checkpoint, seed_everything,
+                     write_json)
 from .evaluate import (extract_features, intra_inter_ratio, knn_accuracy,
                        nearest_center_accuracy, tensor_batches)
 from .idx import DATASETS, ImageSplits, load_mnist_like, to_unit_range
@@ -274,7 +275,9 @@ def _run(opts: MnistOptions, device: torch.device, ckpt: Optional[Dict[str, Any]
                    test_images, data, device, progress, tag, out)
             save()
             saved = progress.epoch
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as e:  # RuntimeError: see is_interrupt
+        if not is_interrupt(e):
+            raise
         if progress.epoch > saved:      # trained but not saved: a consistent state to keep
             save()
             saved = progress.epoch
