@@ -53,8 +53,10 @@ test: pytest cpp-test test-cuda-emu
 
 # The CUDA kernels without a GPU: csrc/cuda/*.cu compiled by g++ against the SIMT
 # emulator (csrc/emu/) and run by every test marked `cuda` on the "simt" device, under two
-# schedule seeds (SIMT_SEEDS), then line coverage of csrc/cuda. test-cuda-asan: the same
-# tests once under AddressSanitizer + UndefinedBehaviorSanitizer.
+# schedule seeds (SIMT_SEEDS), then line coverage of csrc/cuda; blocks run on one OS thread
+# there (SIMT_WORKERS=1: gcov's counters are not thread-safe without slow atomics).
+# test-cuda-asan: the kernel tests under AddressSanitizer + UndefinedBehaviorSanitizer, with
+# blocks on two OS threads side by side.
 SIMT_SEEDS ?= 1 2
 EMU_LIB = build/emu/cov/libcenterloss_simt.so
 emu-build: build system-deps
@@ -64,7 +66,7 @@ test-cuda-emu: emu-build
 	find build/emu/cov -name '*.gcda' -delete
 	for seed in $(SIMT_SEEDS); do \
 	  echo "--- SIMT_SEED=$$seed"; \
-	  SIMT_SEED=$$seed CENTERLOSS_SIMT_LIB=$(EMU_LIB) $(PY) -m pytest -q -m cuda -p no:cacheprovider python_tests || exit 1; \
+	  SIMT_WORKERS=1 SIMT_SEED=$$seed CENTERLOSS_SIMT_LIB=$(EMU_LIB) $(PY) -m pytest -q -m cuda -p no:cacheprovider python_tests || exit 1; \
 	done
 	$(MAKE) --no-print-directory emu-coverage
 

@@ -25,8 +25,9 @@ import sysconfig
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 FLAGS = {
-    # single: plain counter increments; blocks on two OS threads may lose a count, never
-    # a line (atomic updates made the emulated run 1.7x slower on 2 cores)
+    # single: plain counter increments, so run it with SIMT_WORKERS=1 (make test-cuda-emu
+    # does): atomic updates made the emulated tests 3x slower on 2 cores (377 s vs 118 s
+    # a seed), and racing plain ones corrupt gcov's arc counts
     "cov": ["-O1", "--coverage", "-fprofile-update=single"],
     "asan": ["-O1", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
              "-fno-sanitize-recover=undefined"],
