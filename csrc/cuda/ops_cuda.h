@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 
 #include <tuple>
 
@@ -27,6 +28,15 @@ at::Tensor backward_centers_cuda(const at::Tensor& grad_loss, const at::Tensor& 
                                  const at::Tensor& labels, int64_t reduction,
                                  int64_t num_classes, at::ScalarType centers_dtype,
                                  bool deterministic);
+
+// Binds the functions above to the centerloss schemas, for whichever key `m` is for.
+inline void register_ops(torch::Library& m) {
+  m.impl("forward", &forward_cuda);
+  m.impl("forward_update_", &forward_update_cuda);
+  m.impl("update_centers_", &update_centers_cuda);
+  m.impl("backward_features", &backward_features_cuda);
+  m.impl("backward_centers", &backward_centers_cuda);
+}
 
 }  // namespace cuda
 }  // namespace centerloss
