@@ -22,6 +22,7 @@ plain parameters or small dataclasses:
     models         LeNet++
     idx            Fashion-MNIST / MNIST: the IDX reader, torchvision fallback
     folders        identity folders (val/ uses train/'s labels), images, loaders
+    workers        loader workers that ignore Ctrl-C; started/stopped with it held back
     evaluate       feature measures: k-NN / nearest-center accuracy, intra/inter, verification
     plots          feature scatter with centers, curves, GIF, ROC (matplotlib, Agg backend)
     synthetic      a tiny generated face-like ImageFolder for tests and smoke runs

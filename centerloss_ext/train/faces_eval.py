@@ -4,6 +4,7 @@ images), softmax and nearest-center accuracy, and verification on same/different
 pairs of val/ images (ROC AUC, TAR at FAR, best-threshold accuracy)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -38,9 +39,10 @@ def features(model: FaceNet, samples: Sequence[Tuple[Path, int]], image_size: in
     ``samples`` (path, label), in order."""
     loader = make_loader(ImageListDataset(samples, face_transforms(image_size, train=False)),
                          batch_size, False, workers, device)
-    return extract_features(model.embed, loader, device,
-                            logits_fn=model.classifier if with_logits else None,
-                            autocast_dtype=autocast, channels_last=True)
+    with contextlib.closing(iter(loader)) as batches:     # the workers stop here, always
+        return extract_features(model.embed, batches, device,
+                                logits_fn=model.classifier if with_logits else None,
+                                autocast_dtype=autocast, channels_last=True)
 
 
 def gallery_samples(folders: FaceFolders, per_class: int) -> List[Tuple[Path, int]]:

@@ -127,30 +127,36 @@ def train_one_epoch(model: torch.nn.Module, center_loss: CenterLoss, optimizer, 
     model.train()
     center_loss.train()                          # alpha mode: the forward moves the centers
     stats = loop.RunningStats(device, epoch, len(loader), log_every, ranks, NAN_HINT)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-               disable=not show_progress, dynamic_ncols=True)
+    batches = iter(loader)               # WorkerBatches: see workers.py
+    bar = tqdm(batches, total=len(loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+               leave=False, disable=not show_progress, dynamic_ncols=True)
     t0 = time.perf_counter()
-    for x, y in bar:
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast or torch.float32,
-                            enabled=autocast is not None):
-            features, logits = model(x)
-        softmax = F.cross_entropy(logits.float(), y)
-        center = center_loss(features.float(), y)
-        loss = softmax + center_loss_weight * center
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad_norm > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        means = stats.add(loss, softmax, center, logits, y)
-        if means is not None:
-            bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.4f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.3g}", refresh=False)
+    try:
+        for x, y in bar:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast or torch.float32,
+                                enabled=autocast is not None):
+                features, logits = model(x)
+            softmax = F.cross_entropy(logits.float(), y)
+            center = center_loss(features.float(), y)
+            loss = softmax + center_loss_weight * center
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if clip_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            means = stats.add(loss, softmax, center, logits, y)
+            if means is not None:
+                bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.4f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.3g}", refresh=False)
+    finally:
+        close = getattr(batches, "close", None)   # the workers stop now, also after a
+        if close is not None:                     # Ctrl-C in the loop body
+            close()
     bar.close()
     m = stats.means or stats.sync()
     return {"train_loss": m["loss"], "train_softmax_loss": m["softmax"],
