@@ -18,7 +18,6 @@ from .extras import require as _require_extras
 _require_extras("centerloss-mnist", __name__)
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import CenterLoss
+from ..module import CENTER_UPDATES
 from .._machine import environment
 from . import loop, plots
 from .common import (HelpFormatter, alpha_value, check_output_folder, device_name,
@@ -39,12 +39,14 @@ from .common import (HelpFormatter, alpha_value, check_output_folder, device_nam
 from .evaluate import (extract_features, intra_inter_ratio, knn_accuracy,
                        nearest_center_accuracy, tensor_batches)
 from .idx import DATASETS, ImageSplits, load_mnist_like, to_unit_range
+from .mnist_recipe import LR_SCHEDULES, augment_batch, build, lr_at  # noqa: F401 (API)
 from .models import LeNetPlusPlus
 
 PROG = "centerloss-mnist"
 # options that define a run: resuming with other values would mix two runs
 RUN_KEYS = ("dataset", "feature_dim", "center_loss_weight", "alpha", "lr", "weight_decay",
-            "batch_size", "seed", "lr_schedule", "augment")
+            "batch_size", "seed", "lr_schedule", "augment", "batch_norm", "center_update",
+            "center_lr")
 # what a run writes into --out: --overwrite deletes these, and nothing else
 OUTPUTS = ("checkpoint.pt", "metrics.json", "curves.png", "features.gif", "epochs/epoch_*.png",
            "*.tmp")
@@ -65,8 +67,11 @@ class MnistOptions:
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     augment: bool = False
+    batch_norm: bool = False
     center_loss_weight: float = 0.1
     alpha: float = 0.5
+    center_update: str = "alpha"
+    center_lr: Optional[float] = None
     feature_dim: int = 2
     device: str = "cpu"
     seed: int = 0
@@ -100,11 +105,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="images per step")
     p.add_argument("--lr", type=positive_float, default=O.lr, help="Adam learning rate")
     p.add_argument("--weight-decay", type=non_negative_float, default=O.weight_decay)
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=O.lr_schedule,
-                   help="cosine: decay to 0 over --epochs (per epoch)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=O.lr_schedule,
+                   help="cosine: decay to 0 over --epochs (per epoch); onecycle: torch's "
+                        "OneCycleLR, up to --lr over the first quarter, then down (per step)")
     p.add_argument("--augment", action="store_true",
                    help="random shifts of up to 2 pixels, and horizontal flips for "
                         "Fashion-MNIST (not for digits)")
+    p.add_argument("--batch-norm", action="store_true",
+                   help="BatchNorm after each convolution (not in the paper; make demo)")
     p.add_argument("--center-loss-weight", "--lambda", dest="center_loss_weight",
                    type=non_negative_float,
                    default=O.center_loss_weight,
@@ -112,6 +120,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "tracked, for evaluation)")
     p.add_argument("--alpha", type=alpha_value, default=O.alpha,
                    help="center learning rate α, in [0, 1]")
+    p.add_argument("--center-update", choices=CENTER_UPDATES, default=O.center_update,
+                   help="alpha: the paper's rule; optimizer: SGD on their gradient")
+    p.add_argument("--center-lr", type=positive_float, default=None, help="optimizer "
+                   "mode: SGD rate (default: moves an average class as far as α would)")
     p.add_argument("--feature-dim", type=positive_int, default=O.feature_dim,
                    help="width of the feature layer (2 as in the paper's plots; wider ones "
                         "are plotted on their first two principal components)")
@@ -130,36 +142,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)      # each value is checked by its own type
 
 
-def lr_at(lr: float, schedule: str, epoch: int, epochs: int) -> float:
-    """The learning rate of (0-based) ``epoch``: constant, or cosine decay to 0."""
-    if schedule == "cosine":
-        return lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-    return lr
-
-
-def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool,
-                  shift: int = 2) -> torch.Tensor:
-    """Shifts each image by up to ``shift`` pixels (the border filled with the background,
-    -1) and, with ``flip``, mirrors half of them. x: (B, 1, H, W) on the CPU."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (shift, shift, shift, shift), value=-1.0)
-    dy = torch.randint(0, 2 * shift + 1, (b, 1, 1), generator=generator)
-    dx = torch.randint(0, 2 * shift + 1, (b, 1, 1), generator=generator)
-    rows = dy + torch.arange(h).view(1, h, 1)
-    cols = dx + torch.arange(w).view(1, 1, w)
-    out = padded[torch.arange(b).view(b, 1, 1), 0, rows, cols].unsqueeze(1)
-    if flip:
-        mirror = torch.rand(b, generator=generator) < 0.5
-        out[mirror] = out[mirror].flip(-1)
-    return out
-
-
 def train_one_epoch(model: LeNetPlusPlus, center_loss: CenterLoss,
                     optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     labels: torch.Tensor, opts: MnistOptions, epoch: int,
-                    device: torch.device) -> Dict[str, float]:
+                    device: torch.device, *, scheduler: Any = None,
+                    center_optimizer: Optional[torch.optim.Optimizer] = None
+                    ) -> Dict[str, float]:
     """One pass over the (in-memory) training set in a seeded order; epoch means. The
-    statistics stay on the device and are read back once per ``opts.log_every`` steps."""
+    statistics stay on the device and are read back once per ``opts.log_every`` steps.
+    ``scheduler`` steps after every batch; ``center_optimizer`` (optimizer mode) too."""
     model.train()
     center_loss.train()                        # alpha mode: the forward moves the centers
     generator = torch.Generator().manual_seed(opts.seed * 100_003 + epoch)
@@ -180,9 +171,11 @@ def train_one_epoch(model: LeNetPlusPlus, center_loss: CenterLoss,
         softmax = F.cross_entropy(logits, y)
         center = center_loss(features, y)
         loss = softmax + opts.center_loss_weight * center
-        optimizer.zero_grad(set_to_none=True)
+        for o in filter(None, (optimizer, center_optimizer)):
+            o.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        for o in filter(None, (optimizer, center_optimizer, scheduler)):   # in this order
+            o.step()
         means = stats.add(loss, softmax, center, logits, y)
         if means is not None:
             bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.4f}",
@@ -207,7 +200,7 @@ def evaluate_test(model: LeNetPlusPlus, center_loss: CenterLoss, data: ImageSpli
     spread = intra_inter_ratio(feats, y)
     metrics = {
         "test_softmax_acc": float((pred == y).float().mean()),
-        "test_nearest_center_acc": nearest_center_accuracy(feats, y, center_loss.centers),
+        "test_nearest_center_acc": nearest_center_accuracy(feats, y, center_loss.centers.detach()),
         "test_intra": spread["intra"], "test_inter": spread["inter"],
         "test_intra_inter_ratio": spread["ratio"],
     }
@@ -239,24 +232,25 @@ def _run(opts: MnistOptions, device: torch.device, ckpt: Optional[Dict[str, Any]
     test_images = to_unit_range(data.test_images)
     num_classes = len(data.class_names)
 
-    model = LeNetPlusPlus(num_classes, opts.feature_dim).to(device,
-                                                            memory_format=torch.channels_last)
-    center_loss = CenterLoss(num_classes, opts.feature_dim, alpha=opts.alpha, device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    steps = -(-len(train_images) // opts.batch_size)
+    recipe = build(opts, num_classes, steps, device)
+    model, center_loss = recipe.model, recipe.center_loss
 
     config = {k: getattr(opts, k) for k in RUN_KEYS}
     run_keys = RUN_KEYS
-    if opts.lr_schedule == "cosine":           # the schedule depends on the total
+    if opts.lr_schedule != "constant":         # the schedule depends on the total
         config["epochs"] = opts.epochs
         run_keys = RUN_KEYS + ("epochs",)
     ckpt_path = out / "checkpoint.pt"
-    states = {"model": model, "center_loss": center_loss, "optimizer": optimizer}
+    states = recipe.states()
     progress = loop.resume(ckpt, ckpt_path, config, run_keys, states, epochs=opts.epochs)
     if ckpt is not None:
         torch.set_rng_state(ckpt["torch_rng"])
 
     tag = "softmax only" if opts.center_loss_weight == 0 else \
-        f"softmax + {opts.center_loss_weight:g}·center loss (α={opts.alpha:g})"
+        f"softmax + {opts.center_loss_weight:g}·center loss " + (
+            f"(α={opts.alpha:g})" if opts.center_update == "alpha" else
+            f"(centers by SGD, lr {recipe.optimizers[1].param_groups[0]['lr']:.3g})")
     print(f"{PROG}: LeNet++ ({opts.feature_dim}-D features), {tag}, {opts.dataset} "
           f"({len(train_images)} train / {len(test_images)} test) on {device}, "
           f"{opts.epochs} epoch{'s' if opts.epochs != 1 else ''} -> {out}")
@@ -271,8 +265,8 @@ def _run(opts: MnistOptions, device: torch.device, ckpt: Optional[Dict[str, Any]
     saved = epoch = progress.epoch
     try:
         for epoch in range(progress.epoch, opts.epochs):
-            _epoch(opts, epoch, model, center_loss, optimizer, train_images, train_labels,
-                   test_images, data, device, progress, tag, out)
+            _epoch(opts, epoch, recipe, train_images, train_labels, test_images, data,
+                   device, progress, tag, out)
             save()
             saved = progress.epoch
     except (KeyboardInterrupt, RuntimeError) as e:  # RuntimeError: see is_interrupt
@@ -304,18 +298,20 @@ def _run(opts: MnistOptions, device: torch.device, ckpt: Optional[Dict[str, Any]
     return metrics
 
 
-def _epoch(opts: MnistOptions, epoch: int, model: LeNetPlusPlus, center_loss: CenterLoss,
-           optimizer: torch.optim.Optimizer, train_images: torch.Tensor,
+def _epoch(opts: MnistOptions, epoch: int, recipe, train_images: torch.Tensor,
            train_labels: torch.Tensor, test_images: torch.Tensor, data: ImageSplits,
            device: torch.device, progress: loop.Progress, tag: str, out: Path) -> None:
     """One epoch: train, then measure the test set and plot its features; the epoch's row
     joins the history as soon as its training is done."""
+    model, center_loss, optimizer = recipe.model, recipe.center_loss, recipe.optimizers[0]
     lr = lr_at(opts.lr, opts.lr_schedule, epoch, opts.epochs)
-    for group in optimizer.param_groups:
+    for group in optimizer.param_groups if lr is not None else ():   # onecycle: per step
         group["lr"] = lr
     t0 = time.perf_counter()
-    row = {"epoch": epoch + 1, "lr": lr, **train_one_epoch(
-        model, center_loss, optimizer, train_images, train_labels, opts, epoch, device)}
+    row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_one_epoch(
+        model, center_loss, optimizer, train_images, train_labels, opts, epoch, device,
+        scheduler=recipe.scheduler, center_optimizer=recipe.optimizers[1]
+        if len(recipe.optimizers) > 1 else None)}
     progress.train_seconds += time.perf_counter() - t0
     elapsed = progress.train_seconds
     row["train_seconds"] = round(elapsed, 1)
@@ -324,7 +320,7 @@ def _epoch(opts: MnistOptions, epoch: int, model: LeNetPlusPlus, center_loss: Ce
     test_metrics, test_feats = evaluate_test(model, center_loss, data, test_images, device)
     row.update(test_metrics)
     plots.feature_scatter(out / "epochs" / f"epoch_{epoch + 1:02d}.png", test_feats,
-                          data.test_labels, center_loss.centers, data.class_names,
+                          data.test_labels, center_loss.centers.detach(), data.class_names,
                           f"{opts.dataset} test, epoch {epoch + 1}: {tag}\n"
                           f"nearest-center acc {test_metrics['test_nearest_center_acc']:.3f}"
                           f", intra/inter {test_metrics['test_intra_inter_ratio']:.3f}")

@@ -16,15 +16,22 @@ class LeNetPlusPlus(nn.Module):
     """LeNet++ (Wen et al. 2016, sec. 3.1): three stages of two 5×5 convolutions (32, 64,
     128 channels, padding 2) with PReLU, each followed by 2×2 max-pooling, then a fully
     connected layer to ``feature_dim`` features (2 in the paper, so they can be plotted)
-    with PReLU, then a bias-free linear classifier. Input: (B, 1, 28, 28) in [-1, 1]."""
+    with PReLU, then a bias-free linear classifier. Input: (B, 1, 28, 28) in [-1, 1].
+    ``batch_norm``: BatchNorm after every convolution (which then has no bias), not in the
+    paper; it lets a short run (`make demo`) take a higher learning rate."""
 
-    def __init__(self, num_classes: int = 10, feature_dim: int = 2, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, feature_dim: int = 2, in_channels: int = 1,
+                 batch_norm: bool = False) -> None:
         super().__init__()
 
+        def conv(cin: int, cout: int) -> list:
+            if batch_norm:
+                return [nn.Conv2d(cin, cout, 5, padding=2, bias=False), nn.BatchNorm2d(cout),
+                        nn.PReLU(cout)]
+            return [nn.Conv2d(cin, cout, 5, padding=2), nn.PReLU(cout)]
+
         def stage(cin: int, cout: int) -> list:
-            return [nn.Conv2d(cin, cout, 5, padding=2), nn.PReLU(cout),
-                    nn.Conv2d(cout, cout, 5, padding=2), nn.PReLU(cout),
-                    nn.MaxPool2d(2)]
+            return [*conv(cin, cout), *conv(cout, cout), nn.MaxPool2d(2)]
 
         self.trunk = nn.Sequential(*stage(in_channels, 32), *stage(32, 64), *stage(64, 128))
         # 28 -> 14 -> 7 -> 3

@@ -1,0 +1,111 @@
+"""The LeNet++ recipe options of centerloss-mnist (train/mnist_recipe.py): BatchNorm,
+the one-cycle schedule (make demo's recipe), and optimizer-mode centers with the SGD rate
+that matches the alpha rule."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from centerloss_ext import CenterLoss
+from centerloss_ext.train import mnist, mnist_recipe
+from centerloss_ext.train.models import LeNetPlusPlus
+
+from test_train_mnist import _run, idx_dir  # noqa: F401  (the fixture)
+
+
+def opts(**kw):
+    return mnist.MnistOptions(**kw)
+
+
+def test_batch_norm_model_keeps_the_plain_models_layer_numbers():
+    plain, bn = LeNetPlusPlus(10, 2), LeNetPlusPlus(10, 2, batch_norm=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 6
+    assert all(m.bias is None for m in bn.modules() if isinstance(m, torch.nn.Conv2d))
+    # checkpoints of the paper's network load as before
+    convs = [k for k, v in plain.state_dict().items() if v.dim() == 4]
+    assert convs == [f"trunk.{i}.weight" for i in (0, 2, 5, 7, 10, 12)]
+    f, logits = bn.eval()(torch.zeros(3, 1, 28, 28))
+    assert f.shape == (3, 2) and logits.shape == (3, 10)
+
+
+def test_onecycle_rises_then_falls_per_step():
+    r = mnist_recipe.build(opts(lr_schedule="onecycle", lr=3e-3, epochs=2), 10, 8,
+                           torch.device("cpu"))
+    lrs = []
+    for _ in range(16):
+        lrs.append(r.optimizers[0].param_groups[0]["lr"])
+        r.optimizers[0].step()
+        r.scheduler.step()
+    peak = lrs.index(max(lrs))
+    assert lrs[0] == pytest.approx(3e-3 / 25) and max(lrs) == pytest.approx(3e-3, rel=1e-3)
+    assert 2 <= peak <= 5 and lrs[-1] < lrs[0]             # a quarter of 16 steps, then down
+    assert mnist_recipe.lr_at(3e-3, "onecycle", 0, 2) is None
+    assert "scheduler" in r.states() and "center_optimizer" not in r.states()
+
+
+def test_default_center_lr_matches_the_alpha_rule_for_an_average_class():
+    """B = 20, C = 4, five samples per class (the average count B/C): one SGD step at the
+    default rate moves every center exactly as the alpha rule does."""
+    b, c, d, alpha, lam = 20, 4, 3, 0.5, 0.1
+    o = opts(batch_size=b, alpha=alpha, center_loss_weight=lam, center_update="optimizer")
+    lr = mnist_recipe.center_lr(o, c)
+    assert lr == pytest.approx(alpha * b * c / ((b + c) * lam))
+    torch.manual_seed(0)
+    x, y = torch.randn(b, d), torch.arange(b) % c
+    start = torch.randn(c, d)
+    by_alpha = CenterLoss(c, d, alpha=alpha)
+    by_alpha.centers.copy_(start)
+    by_alpha.train()(x, y)
+    by_sgd = CenterLoss(c, d, center_update="optimizer")
+    with torch.no_grad():
+        by_sgd.centers.copy_(start)
+    sgd = torch.optim.SGD(by_sgd.parameters(), lr=lr)
+    (lam * by_sgd(x, y)).backward()
+    sgd.step()
+    torch.testing.assert_close(by_sgd.centers.detach(), by_alpha.centers)
+
+
+def test_optimizer_mode_without_a_gradient_is_refused(idx_dir, tmp_path, capsys):  # noqa: F811
+    with pytest.raises(SystemExit) as e:
+        _run(idx_dir, tmp_path / "o", "--center-update", "optimizer",
+             "--center-loss-weight", "0")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--center-lr" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_optimizer_mode_learns_the_centers_and_resumes(idx_dir, tmp_path,  # noqa: F811
+                                                       monkeypatch):
+    """A run stopped by Ctrl-C after epoch 1 and resumed ends where the straight run
+    does: the one-cycle schedule's and the centers' SGD states are in the checkpoint."""
+    args = ("--epochs", "2", "--center-update", "optimizer", "--lr-schedule", "onecycle",
+            "--batch-norm")
+    straight = _run(idx_dir, tmp_path / "a", *args)
+    real = mnist.train_one_epoch
+
+    def interrupted(*a, **k):
+        if a[6] == 1:                                        # the second epoch
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mnist, "train_one_epoch", interrupted)
+    with pytest.raises(SystemExit):
+        _run(idx_dir, tmp_path / "b", *args)
+    monkeypatch.setattr(mnist, "train_one_epoch", real)
+    resumed = _run(idx_dir, tmp_path / "b", "--resume", *args)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert {"center_optimizer", "scheduler"} <= set(a)
+    assert a["center_loss"]["centers"].abs().sum() > 0          # SGD moved them
+    torch.testing.assert_close(a["center_loss"]["centers"], b["center_loss"]["centers"],
+                               rtol=1e-5, atol=1e-6)
+    assert resumed["final"]["train_loss"] == pytest.approx(straight["final"]["train_loss"],
+                                                           rel=1e-5)
+    lrs = [h["lr"] for h in straight["history"]]
+    assert lrs[0] == pytest.approx(1e-3 / 25)                  # epoch 1 starts low
+    with pytest.raises(SystemExit):                            # 2 steps: too few
+        _run(idx_dir, tmp_path / "c", "--epochs", "1", "--lr-schedule", "onecycle")
