@@ -7,7 +7,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "centerloss_ext"
-COMMAND_LINES = {"faces.py", "mnist.py", "synthetic.py"}   # synthetic: a test-data helper
+# synthetic: a test-data helper
+COMMAND_LINES = {"faces.py", "mnist.py", "openset.py", "synthetic.py"}
 # the functions that turn a parsed command line into the jobs' parameters
 TAKE_NAMESPACE = {("faces.py", "run"), ("faces.py", "_runtime"), ("synthetic.py", "main")}
 

@@ -155,3 +155,32 @@ def roc_plot(path: Path, fpr: np.ndarray, tpr: np.ndarray, title: str) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)
+
+
+def roc_comparison(path: Path, panels: Sequence[tuple], fars: Sequence[float] = (1e-3, 1e-2),
+                   left: float = 1e-4) -> Path:
+    """ROC curves side by side: one panel per (title, {label: (fpr, tpr)}), every label's
+    curve in each, on a logarithmic false-accept axis from ``left`` to 1 (fpr below it,
+    0 included, drawn at the left edge) with the ``fars`` marked."""
+    n = max(len(panels), 1)
+    fig = Figure(figsize=(4.6 * n, 4.4), dpi=90)
+    axes = np.atleast_1d(fig.subplots(1, n, sharey=True))
+    for ax, (title, curves) in zip(axes, panels):
+        for k, (label, (fpr, tpr)) in enumerate(curves.items()):
+            ax.plot(np.maximum(np.asarray(fpr), left), tpr, lw=1.5, color=_TAB10[k],
+                    label=label)
+        for far in fars:
+            ax.axvline(far, color="grey", lw=0.8, ls="--")
+            ax.text(far, 0.02, f" FAR={far:g}", rotation=90, fontsize=7, color="grey",
+                    va="bottom")
+        ax.set_xscale("log")
+        ax.set_xlim(left, 1.0)
+        ax.set_ylim(0.0, 1.01)
+        ax.set_xlabel("false accept rate")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_ylabel("true accept rate")
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)

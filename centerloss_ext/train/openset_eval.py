@@ -1,0 +1,214 @@
+"""The open-set protocol of centerloss-openset (the command line is ``openset``): class
+splits, training LeNet++ on the seen classes with mnist's training step, and measuring the
+features of the classes it never saw with the evaluation code the faces pipeline uses.
+
+A split holds out ``U`` of the ``C`` classes. The network trains on the other classes'
+training images (labels remapped to 0..S-1); it is judged on the held-out classes' test
+images: verification (cosine similarity of pairs: ROC AUC, TAR at FAR 1e-3 and 1e-2) and
+identification (1-NN of each test image against a gallery of the held-out classes'
+training images). Closed-set measures on the seen classes' test images come along.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import mnist
+from .common import TrainingError, seed_everything
+from .evaluate import (intra_inter_ratio, knn_accuracy, l2_normalize, nearest_center_accuracy,
+                       pair_similarities, verification_metrics, verification_pairs)
+from .mnist_recipe import build, lr_at
+
+FARS = (1e-3, 1e-2)
+# (key, label); the summary averages these and every other number of a method's metrics
+TABLE = (("unseen_tar@far=0.001", "unseen TAR@FAR=1e-3"),
+         ("unseen_tar@far=0.01", "unseen TAR@FAR=1e-2"),
+         ("unseen_roc_auc", "unseen ROC AUC"),
+         ("unseen_1nn_acc", "unseen 1-NN identification"),
+         ("unseen_intra_inter_ratio", "unseen intra/inter ratio"),
+         ("seen_softmax_acc", "seen softmax acc"),
+         ("seen_nearest_center_acc", "seen nearest-center acc"),
+         ("seen_intra_inter_ratio", "seen intra/inter ratio"),
+         ("train_seconds", "training seconds"))
+DIFF_KEYS = ("unseen_tar@far=0.001", "unseen_tar@far=0.01", "unseen_roc_auc", "unseen_1nn_acc")
+
+
+def check_unseen(unseen: Sequence[int], num_classes: int) -> List[int]:
+    """A split's held-out classes, sorted; at least 2 held out (verification needs
+    different-class pairs) and at least 2 seen (a classifier needs two classes)."""
+    if len(set(unseen)) != len(unseen):
+        raise TrainingError(f"--unseen {','.join(map(str, unseen))}: a class is named twice")
+    if len(unseen) < 2:
+        raise TrainingError(f"{len(unseen)} unseen class(es): hold out at least 2 (the "
+                            "verification needs pairs of different unseen classes)")
+    if len(unseen) >= num_classes - 1:
+        raise TrainingError(f"{len(unseen)} unseen classes of {num_classes}: at least 2 must "
+                            f"stay seen for training; hold out at most {num_classes - 2}")
+    return sorted(unseen)
+
+
+def parse_unseen(text: str, class_names: Sequence[str]) -> List[int]:
+    """``6,7,8,9`` (class numbers) or class names (``Sandal,Bag``, any case) -> numbers."""
+    lower = [n.lower() for n in class_names]
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if item.isdigit() and int(item) < len(class_names):
+            out.append(int(item))
+        elif item.lower() in lower:
+            out.append(lower.index(item.lower()))
+        else:
+            raise TrainingError(f"--unseen {text}: unknown class {item!r}; give class numbers "
+                                f"0..{len(class_names) - 1} or names ({', '.join(class_names)})")
+    return check_unseen(out, len(class_names))
+
+
+def choose_splits(num_classes: int, unseen: int, splits: int) -> List[Tuple[int, List[int]]]:
+    """(seed, held-out classes) of ``splits`` different splits: seed k holds out
+    sorted(randperm(C, seed k)[:U]); a seed that repeats an earlier split is skipped."""
+    check_unseen(list(range(unseen)), num_classes)
+    possible = math.comb(num_classes, unseen)
+    if splits > possible:
+        raise TrainingError(f"--splits {splits}: only {possible} different ways to hold out "
+                            f"{unseen} of {num_classes} classes")
+    chosen: List[Tuple[int, List[int]]] = []
+    seed = 0
+    while len(chosen) < splits:
+        held = sorted(torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))
+                      [:unseen].tolist())
+        if all(held != c for _, c in chosen):
+            chosen.append((seed, held))
+        seed += 1
+    return chosen
+
+
+@dataclass
+class SplitData:
+    """One split's images: the seen classes' training images with labels 0..S-1, the seen
+    classes' test images (remapped too), the unseen test images (probes, original labels)
+    and the unseen classes' gallery (training images, original labels)."""
+    seen: List[int]
+    unseen: List[int]
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    seen_test_images: torch.Tensor
+    seen_test_labels: torch.Tensor
+    probe_images: torch.Tensor
+    probe_labels: torch.Tensor
+    gallery_images: torch.Tensor
+    gallery_labels: torch.Tensor
+
+
+def split_data(train_images: torch.Tensor, train_labels: torch.Tensor,
+               test_images: torch.Tensor, test_labels: torch.Tensor, num_classes: int,
+               unseen: Sequence[int], limit_train: Optional[int],
+               gallery_per_class: int) -> SplitData:
+    """``limit_train``: the first N seen-class training images only; the gallery takes
+    the first ``gallery_per_class`` training images of each unseen class (file order)."""
+    seen = [c for c in range(num_classes) if c not in unseen]
+    remap = torch.full((num_classes,), -1, dtype=torch.long)
+    remap[seen] = torch.arange(len(seen))
+    is_seen_train = remap[train_labels] >= 0
+    keep = is_seen_train.nonzero().squeeze(1)[:limit_train]
+    is_seen_test = remap[test_labels] >= 0
+    gallery = torch.cat([(train_labels == c).nonzero().squeeze(1)[:gallery_per_class]
+                         for c in unseen])
+    return SplitData(seen, list(unseen),
+                     train_images[keep], remap[train_labels[keep]],
+                     test_images[is_seen_test], remap[test_labels[is_seen_test]],
+                     test_images[~is_seen_test], test_labels[~is_seen_test],
+                     train_images[gallery], train_labels[gallery])
+
+
+def train(opts: mnist.MnistOptions, data: SplitData, device: torch.device):
+    """LeNet++ trained on the seen classes with mnist's training step (seeded the same way
+    for every method: same initial network, same batch order); returns the recipe, the
+    last epoch's training statistics and the training seconds."""
+    seed_everything(opts.seed)
+    steps = -(-len(data.train_images) // opts.batch_size)
+    recipe = build(opts, len(data.seen), steps, device)
+    optimizer = recipe.optimizers[0]
+    stats: Dict[str, float] = {}
+    seconds = 0.0
+    for epoch in range(opts.epochs):
+        lr = lr_at(opts.lr, opts.lr_schedule, epoch, opts.epochs)
+        for group in optimizer.param_groups if lr is not None else ():
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        stats = mnist.train_one_epoch(
+            recipe.model, recipe.center_loss, optimizer, data.train_images, data.train_labels,
+            opts, epoch, device, scheduler=recipe.scheduler,
+            center_optimizer=recipe.optimizers[1] if len(recipe.optimizers) > 1 else None)
+        seconds += time.perf_counter() - t0
+    return recipe, stats, seconds
+
+
+def evaluate(recipe, data: SplitData, device: torch.device, max_pairs: int,
+             seed: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The split's measures and the unseen classes' ROC curve (fpr, tpr)."""
+    model, centers = recipe.model, recipe.center_loss.centers.detach()
+    seen_f, seen_y, seen_pred = mnist.features_of(model, data.seen_test_images,
+                                                  data.seen_test_labels, device)
+    probe_f, probe_y, _ = mnist.features_of(model, data.probe_images, data.probe_labels, device)
+    gal_f, gal_y, _ = mnist.features_of(model, data.gallery_images, data.gallery_labels, device)
+    i, j = verification_pairs(probe_y, max_pairs, seed)
+    ver = verification_metrics(pair_similarities(probe_f, i, j), probe_y[i] == probe_y[j], FARS)
+    roc = ver.pop("roc")
+    knn = knn_accuracy(l2_normalize(gal_f), gal_y, l2_normalize(probe_f), probe_y, (1,))
+    metrics = {f"unseen_{k}": v for k, v in ver.items()}
+    metrics.update({
+        "unseen_1nn_acc": knn[1],
+        "unseen_intra_inter_ratio": intra_inter_ratio(probe_f, probe_y)["ratio"],
+        "unseen_probes": len(probe_y), "unseen_gallery": len(gal_y),
+        "seen_softmax_acc": float((seen_pred == seen_y).float().mean()),
+        "seen_nearest_center_acc": nearest_center_accuracy(seen_f, seen_y, centers),
+        "seen_intra_inter_ratio": intra_inter_ratio(seen_f, seen_y)["ratio"],
+    })
+    return metrics, roc
+
+
+def _mean_std(values: List[Optional[float]]) -> Dict[str, Optional[float]]:
+    """Mean and sample standard deviation (None: a split without the value, or one split
+    for the deviation)."""
+    if not values or any(v is None for v in values):
+        return {"mean": None, "std": None}
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std()) if len(values) > 1 else None}
+
+
+def summarize(splits: List[Dict[str, Any]], methods: Sequence[str]) -> Dict[str, Any]:
+    """Per method, the mean and deviation across splits of every number in its metrics;
+    per split, center loss minus softmax-only of the open-set measures."""
+    out: Dict[str, Any] = {"splits": len(splits)}
+    for m in methods:
+        keys = [k for k, v in splits[0]["methods"][m].items()
+                if v is None or isinstance(v, (int, float))]
+        out[m] = {k: _mean_std([s["methods"][m][k] for s in splits]) for k in keys}
+    diffs = []
+    for s in splits:
+        a, b = s["methods"][methods[1]], s["methods"][methods[0]]
+        diffs.append({k: None if a[k] is None or b[k] is None else a[k] - b[k]
+                      for k in DIFF_KEYS})
+    out["center_minus_softmax"] = diffs
+    tar = [d["unseen_tar@far=0.001"] for d in diffs]
+    out["center_above_softmax_tar@far=0.001_on_every_split"] = (
+        None if any(t is None for t in tar) else all(t > 0 for t in tar))
+    return out
+
+
+def table(summary: Dict[str, Any], methods: Sequence[str], labels: Sequence[str]) -> str:
+    """The summary as a text table: mean ± std per method."""
+    def cell(ms: Dict[str, Optional[float]]) -> str:
+        if ms["mean"] is None:
+            return "n/a"
+        fmt = ".1f" if abs(ms["mean"]) >= 10 else ".4f"
+        return format(ms["mean"], fmt) + ("" if ms["std"] is None else
+                                          " ± " + format(ms["std"], fmt))
+    rows = [("", *labels)] + [(label, *(cell(summary[m][key]) for m in methods))
+                              for key, label in TABLE if key in summary[methods[0]]]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) if c == 0 else v.rjust(w)
+                               for c, (v, w) in enumerate(zip(r, widths))) for r in rows)
