@@ -1,6 +1,8 @@
 # Set-up-and-go commands (see README.md). Everything lands in a virtual environment,
 # .venv, built on first use.
 #   make demo    the main job: trains LeNet++ with center loss on Fashion-MNIST (CPU)
+#   make openset open-set evaluation on Fashion-MNIST: softmax-only vs center loss on
+#                classes held out of training (CPU, long: see docs/openset.md)
 #   make test    every test: the Python suite, the C++ unit tests, and the CUDA kernels'
 #                tests on the SIMT emulator (no GPU needed)
 #   make bench   bench/compare.py over the full grid (bench-quick: the short CI run)
@@ -14,7 +16,7 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: all build test pytest cpp-test demo bench bench-quick system-deps clean \
+.PHONY: all build test pytest cpp-test demo openset bench bench-quick system-deps clean \
 	emu-build test-cuda-emu test-cuda-asan emu-coverage
 
 all: build
@@ -45,6 +47,12 @@ DEMO_EPOCHS ?= 3
 DEMO_ARGS ?=
 demo: build system-deps
 	$(PY) -m centerloss_ext.train.mnist --out runs/demo --epochs $(DEMO_EPOCHS) $(if $(findstring --resume,$(DEMO_ARGS)),,--overwrite) $(DEMO_ARGS)
+
+# Open-set evaluation (docs/openset.md): 3 class splits, softmax-only and center loss on
+# each, into runs/openset/ (metrics.json, roc.png); a new run replaces the previous one's.
+OPENSET_ARGS ?=
+openset: build system-deps
+	$(PY) -m centerloss_ext.train.openset --out runs/openset --overwrite $(OPENSET_ARGS)
 
 cpp-test: build system-deps
 	PYTHON=$(PY) scripts/cpp_tests.sh

@@ -147,5 +147,6 @@ setup(
     entry_points={"console_scripts": [
         "centerloss-mnist = centerloss_ext.train.mnist:main",
         "centerloss-faces = centerloss_ext.train.faces:main",
+        "centerloss-openset = centerloss_ext.train.openset:main",
     ]},
 )
