@@ -171,8 +171,8 @@ def roc_comparison(path: Path, panels: Sequence[tuple], fars: Sequence[float] = 
                     label=label)
         for far in fars:
             ax.axvline(far, color="grey", lw=0.8, ls="--")
-            ax.text(far, 0.02, f" FAR={far:g}", rotation=90, fontsize=7, color="grey",
-                    va="bottom")
+            ax.text(far, 0.98, f"FAR={far:g} ", rotation=90, fontsize=7, color="grey",
+                    va="top", ha="right")
         ax.set_xscale("log")
         ax.set_xlim(left, 1.0)
         ax.set_ylim(0.0, 1.01)
