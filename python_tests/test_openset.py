@@ -3,6 +3,7 @@ splits, what reaches training, metrics.json, roc.png and the command line's erro
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -27,6 +28,15 @@ def _class_images(labels: np.ndarray, rng) -> np.ndarray:
     return images
 
 EXPLICIT = ("1,3,5,7", "Trouser,Pullover,Sandal,Bag")       # 1,2,5,8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _keep_sigint():
+    """main() installs the command line's Ctrl-C handler (common.run_cli): put Python's
+    back for the tests that follow."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(scope="module")
