@@ -61,7 +61,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="replace a previous run's metrics.json and roc.png in --out")
     p.add_argument("--splits", type=positive_int, default=None,
                    help=f"class splits (default {DEFAULT_SPLITS}); split k holds out "
-                        "sorted(randperm(C, seed k)[:U]), a repeated split skipped")
+                        "windows of U classes of a seeded permutation (docs/openset.md)")
     p.add_argument("--unseen-classes", type=positive_int, default=None, metavar="U",
                    help=f"classes held out per split (default {DEFAULT_UNSEEN})")
     p.add_argument("--unseen", action="append", default=None, metavar="LIST",

@@ -67,20 +67,24 @@ def parse_unseen(text: str, class_names: Sequence[str]) -> List[int]:
 
 
 def choose_splits(num_classes: int, unseen: int, splits: int) -> List[Tuple[int, List[int]]]:
-    """(seed, held-out classes) of ``splits`` different splits: seed k holds out
-    sorted(randperm(C, seed k)[:U]); a seed that repeats an earlier split is skipped."""
+    """(seed, held-out classes) of ``splits`` different splits. Consecutive windows of U
+    classes of one seeded permutation (randperm(C, seed 0): its classes 0-3, 4-7, 8, 9
+    and 0-1, ...), so every class is held out about equally often; when the windows come
+    round again the next seed's permutation continues, and a repeat is skipped."""
     check_unseen(list(range(unseen)), num_classes)
     possible = math.comb(num_classes, unseen)
     if splits > possible:
         raise TrainingError(f"--splits {splits}: only {possible} different ways to hold out "
                             f"{unseen} of {num_classes} classes")
     chosen: List[Tuple[int, List[int]]] = []
+    cycle = num_classes * unseen // math.gcd(num_classes, unseen)   # window starts repeat
     seed = 0
     while len(chosen) < splits:
-        held = sorted(torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))
-                      [:unseen].tolist())
-        if all(held != c for _, c in chosen):
-            chosen.append((seed, held))
+        perm = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))
+        for start in range(0, cycle, unseen):
+            held = sorted(int(perm[(start + i) % num_classes]) for i in range(unseen))
+            if len(chosen) < splits and all(held != c for _, c in chosen):
+                chosen.append((seed, held))
         seed += 1
     return chosen
 
