@@ -40,6 +40,29 @@ def test_a_ctrl_c_inside_the_block_comes_after_it():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_held_back_ctrl_c_wins_over_the_blocks_own_exception():
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_held_back():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            raise StopIteration              # the last batch came with the Ctrl-C
+
+
+def test_a_second_ctrl_c_is_not_held_back():
+    before = signal.getsignal(signal.SIGINT)
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_held_back():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append(2)                # not reached: the second one raised
+    assert reached == [1]
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_block_without_ctrl_c_runs_as_usual():
     before = signal.getsignal(signal.SIGINT)
     with sigint_held_back():

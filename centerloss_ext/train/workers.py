@@ -5,8 +5,10 @@ SIGINT too. torch's DataLoader then races itself: a worker that dies mid-batch, 
 KeyboardInterrupt landing while the main process starts or joins the workers, can hang the
 shutdown or print "Exception ignored" lines after the run's own message. Here the workers
 ignore SIGINT (they stop when the main process tells them to, or dies), the main process
-holds a Ctrl-C back while it starts or stops them, and the iterator shuts its workers down
-as soon as the loop ends, normally or not, instead of whenever it is garbage-collected.
+holds a Ctrl-C back while it starts or stops them or receives a batch from them (so it
+takes effect within one batch's wait; a second Ctrl-C is not held back), and the iterator
+shuts its workers down as soon as the loop ends, normally or not, instead of whenever it is
+garbage-collected.
 """
 from __future__ import annotations
 
@@ -21,21 +23,31 @@ from torch.utils.data import DataLoader
 @contextlib.contextmanager
 def sigint_held_back() -> Iterator[None]:
     """Runs the block with Ctrl-C held back, then delivers it (the previous handler runs:
-    KeyboardInterrupt). A process forked inside the block inherits the holding handler, so
-    it ignores Ctrl-C. Outside the main thread (no signal handlers there) a plain block."""
-    if threading.current_thread() is not threading.main_thread():
+    KeyboardInterrupt), also when the block ended with another exception: the Ctrl-C wins.
+    A second Ctrl-C is not held back (a way out of a block that hangs). A process forked
+    inside the block inherits the holding handler. Outside the main thread (no signal
+    handlers there) a plain block."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is None:        # None: a handler set from C
         yield
         return
     came: List[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+
+    def hold(signum: int, frame: Any) -> None:
+        came.append(signum)
+        if len(came) > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if came and callable(previous):
-            previous(signal.SIGINT, None)
-        elif came and previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
+        if len(came) == 1:                  # (a second one has raised in the block)
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
 
 
 def ignore_sigint(worker_id: int) -> None:
@@ -51,6 +63,7 @@ class WorkerBatches:
 
     def __init__(self, iterator: Any) -> None:
         self._it = iterator
+        self._closed = False
 
     def __iter__(self) -> "WorkerBatches":
         return self
@@ -60,19 +73,28 @@ class WorkerBatches:
 
     def __next__(self) -> Any:
         try:
-            return next(self._it)
+            # held back while a batch arrives: torch passes its tensors as file descriptors,
+            # and a receive cut in half makes the worker print a ConnectionResetError
+            with sigint_held_back():
+                return next(self._it)
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         shutdown = getattr(self._it, "_shutdown_workers", None)    # torch's, idempotent
         if shutdown is not None:
             with sigint_held_back():
                 shutdown()
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:      # at interpreter exit: torch's own __del__ still stops them
+            pass
 
 
 class WorkerSafeLoader(DataLoader):
