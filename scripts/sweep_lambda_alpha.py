@@ -36,7 +36,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's)")
-    p.add_argument("--lambdas", type=floats, default=[0.01, 0.03, 0.1, 0.3, 1.0])
+    p.add_argument("--lambdas", type=floats, default=[0.01, 0.1, 1.0])
     p.add_argument("--alphas", type=floats, default=[0.1, 0.5, 0.9])
     p.add_argument("--modes", default="alpha,optimizer")
     p.add_argument("--epochs", type=int, default=1)
