@@ -71,10 +71,10 @@ def test_default_center_lr_matches_the_alpha_rule_for_an_average_class():
 def test_optimizer_mode_without_a_gradient_is_refused(idx_dir, tmp_path, capsys):  # noqa: F811
     with pytest.raises(SystemExit) as e:
         _run(idx_dir, tmp_path / "o", "--center-update", "optimizer",
-             "--center-loss-weight", "0")
+             "--center-loss-weight", "0", "--center-lr", "0.5")   # a rate cannot help
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--center-lr" in err
+    assert err.count("\n") == 0 and "--center-update alpha" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -45,11 +45,12 @@ def center_lr(opts: Any, num_classes: int) -> float:
     class with the batch's average count (B/C samples) moves as far toward its batch mean
     as the alpha rule would, α·n/(1+n): the gradient of λ·(1/B)·Σ½‖x−c‖² moves it by
     lr·λ·n/B, so lr = α·B·C / ((B + C)·λ)."""
-    if opts.center_lr is not None:
-        return opts.center_lr
     if opts.center_loss_weight == 0:
         raise TrainingError("--center-update optimizer with --center-loss-weight 0: the "
-                            "centers get no gradient; give --center-lr, or use alpha mode")
+                            "centers get no gradient and would never move; the softmax-only "
+                            "baseline uses --center-update alpha (its centers still tracked)")
+    if opts.center_lr is not None:
+        return opts.center_lr
     b, c = opts.batch_size, num_classes
     return opts.alpha * b * c / ((b + c) * opts.center_loss_weight)
 
