@@ -12,7 +12,7 @@ from centerloss_ext import CenterLoss
 from centerloss_ext.train import mnist, mnist_recipe
 from centerloss_ext.train.models import LeNetPlusPlus
 
-from test_train_mnist import _run, idx_dir  # noqa: F401  (the fixture)
+from test_train_mnist import _run, idx_dir, interrupt_second_epoch  # noqa: F401
 
 
 def opts(**kw):
@@ -85,14 +85,7 @@ def test_optimizer_mode_learns_the_centers_and_resumes(idx_dir, tmp_path,  # noq
     args = ("--epochs", "2", "--center-update", "optimizer", "--lr-schedule", "onecycle",
             "--batch-norm")
     straight = _run(idx_dir, tmp_path / "a", *args)
-    real = mnist.train_one_epoch
-
-    def interrupted(*a, **k):
-        if a[6] == 1:                                        # the second epoch
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(mnist, "train_one_epoch", interrupted)
+    real = interrupt_second_epoch(monkeypatch)
     with pytest.raises(SystemExit):
         _run(idx_dir, tmp_path / "b", *args)
     monkeypatch.setattr(mnist, "train_one_epoch", real)

@@ -222,7 +222,8 @@ def test_output_folder_holds_one_run(idx_dir, two_epochs, tmp_path, capsys):
     assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [1]
 
 
-def test_ctrl_c_prints_the_resume_command(idx_dir, tmp_path, capsys, monkeypatch):
+def interrupt_second_epoch(monkeypatch):
+    """Ctrl-C at the start of the second epoch's training; returns the real function."""
     real = mnist.train_one_epoch
 
     def interrupted(*a, **k):
@@ -231,6 +232,11 @@ def test_ctrl_c_prints_the_resume_command(idx_dir, tmp_path, capsys, monkeypatch
         return real(*a, **k)
 
     monkeypatch.setattr(mnist, "train_one_epoch", interrupted)
+    return real
+
+
+def test_ctrl_c_prints_the_resume_command(idx_dir, tmp_path, capsys, monkeypatch):
+    real = interrupt_second_epoch(monkeypatch)
     argv = ["--data", str(idx_dir), "--out", str(tmp_path / "r"), "--no-progress",
             "--batch-size", "64", "--epochs", "2"]
     with pytest.raises(SystemExit) as e:
