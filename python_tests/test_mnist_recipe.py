@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from centerloss_ext import CenterLoss
-from centerloss_ext.train import mnist, mnist_recipe
+from centerloss_ext.train import mnist, mnist_recipe, mnist_train
 from centerloss_ext.train.models import LeNetPlusPlus
 
 from test_train_mnist import _run, idx_dir, interrupt_second_epoch  # noqa: F401
@@ -88,7 +88,7 @@ def test_optimizer_mode_learns_the_centers_and_resumes(idx_dir, tmp_path,  # noq
     real = interrupt_second_epoch(monkeypatch)
     with pytest.raises(SystemExit):
         _run(idx_dir, tmp_path / "b", *args)
-    monkeypatch.setattr(mnist, "train_one_epoch", real)
+    monkeypatch.setattr(mnist_train, "train_epoch", real)
     resumed = _run(idx_dir, tmp_path / "b", "--resume", *args)
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
@@ -102,3 +102,60 @@ def test_optimizer_mode_learns_the_centers_and_resumes(idx_dir, tmp_path,  # noq
     assert lrs[0] == pytest.approx(1e-3 / 25)                  # epoch 1 starts low
     with pytest.raises(SystemExit):                            # 2 steps: too few
         _run(idx_dir, tmp_path / "c", "--epochs", "1", "--lr-schedule", "onecycle")
+
+
+def test_bf16_trunk_computes_the_convolutions_in_bf16_and_the_rest_in_float32():
+    torch.manual_seed(0)
+    full = LeNetPlusPlus(10, 2, batch_norm=True).eval()
+    half = LeNetPlusPlus(10, 2, batch_norm=True, trunk_dtype=torch.bfloat16).eval()
+    half.load_state_dict(full.state_dict())
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen.setdefault(name, output.dtype)           # (returns None: output kept)
+        return hook
+
+    half.trunk.register_forward_hook(record("trunk"))
+    half.embedding.register_forward_hook(record("features"))
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    with torch.no_grad():
+        f_half, logits = half(x)
+        f_full, _ = full(x)
+    assert seen == {"trunk": torch.bfloat16, "features": torch.float32}
+    assert f_half.dtype == logits.dtype == torch.float32
+    assert not torch.equal(f_half, f_full)                      # it did round
+    torch.testing.assert_close(f_half, f_full, rtol=0.05, atol=0.05 * float(f_full.abs().max()))
+    # the backward reaches the convolutions' float32 weights
+    loss = torch.nn.functional.cross_entropy(half.train()(x)[1], torch.arange(8))
+    loss.backward()
+    assert half.trunk[0].weight.grad.dtype == torch.float32
+    assert half.trunk[0].weight.grad.abs().sum() > 0
+
+
+def test_amp_auto_follows_the_hardware_and_bf16_is_refused_where_missing(monkeypatch):
+    cpu = torch.device("cpu")
+    assert mnist_recipe.resolve_amp("off", cpu) == "off"
+    assert mnist_recipe.resolve_amp("bf16", cpu) == "bf16"
+    for native, expected in ((True, "bf16"), (False, "off")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert mnist_recipe.resolve_amp("auto", cpu) == expected
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(mnist_recipe.TrainingError, match="--amp bf16: cuda:0 .*--amp off"):
+        mnist_recipe.resolve_amp("bf16", torch.device("cuda:0"))
+    with pytest.raises(ValueError, match="resolve_amp"):
+        mnist_recipe.build(opts(amp="auto"), 10, 4, cpu)
+
+
+def test_amp_run_records_bf16_and_resume_keeps_it(idx_dir, tmp_path, capsys):  # noqa: F811
+    record = _run(idx_dir, tmp_path / "h", "--epochs", "1", "--amp", "bf16", "--batch-norm")
+    assert record["config"]["amp"] == "bf16"
+    assert record["final"]["train_loss"] == record["final"]["train_loss"]        # not NaN
+    with pytest.raises(SystemExit) as e:
+        _run(idx_dir, tmp_path / "h", "--epochs", "2", "--batch-norm", "--resume")
+    assert e.value.code == 2
+    assert "--amp 'bf16' (now 'off')" in capsys.readouterr().err
+    resumed = _run(idx_dir, tmp_path / "h", "--epochs", "2", "--amp", "bf16", "--batch-norm",
+                   "--resume")
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from centerloss_ext.train import mnist, openset
+from centerloss_ext.train import mnist, mnist_train, openset
 from centerloss_ext.train import openset_eval as oe
 from centerloss_ext.train.common import TrainingError
 
@@ -67,14 +67,14 @@ def run(idx_dir, tmp_path_factory):
     """One run over two explicit splits; every training batch's data recorded."""
     out = tmp_path_factory.mktemp("openset") / "out"
     calls = []
-    real = mnist.train_one_epoch
+    real = mnist_train.train_epoch
 
-    def spy(model, center_loss, optimizer, images, labels, opts, epoch, device, **kw):
+    def spy(recipe, images, labels, opts, epoch, device):
         calls.append((images.clone(), labels.clone(), opts.center_loss_weight, opts.seed))
-        return real(model, center_loss, optimizer, images, labels, opts, epoch, device, **kw)
+        return real(recipe, images, labels, opts, epoch, device)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mnist, "train_one_epoch", spy)
+        mp.setattr(mnist_train, "train_epoch", spy)
         record = openset.main(_args(idx_dir, out, "--unseen", EXPLICIT[0],
                                     "--unseen", EXPLICIT[1]))
     return out, record, calls

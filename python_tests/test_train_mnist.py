@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from centerloss_ext.train import idx as tdata
-from centerloss_ext.train import mnist
+from centerloss_ext.train import mnist, mnist_recipe, mnist_train
 from centerloss_ext.train import loop
 from centerloss_ext.train.common import DataError, NonFiniteLossError
 from centerloss_ext.train.models import LeNetPlusPlus
@@ -158,13 +158,13 @@ def test_augment_batch_shifts_and_flips():
     x = torch.full((64, 1, 28, 28), -1.0)
     x[:, 0, 10:12, 5:9] = 1.0                                 # a bar left of the middle
     g = torch.Generator().manual_seed(0)
-    out = mnist.augment_batch(x, g, flip=True)
+    out = mnist_recipe.augment_batch(x, g, flip=True)
     assert out.shape == x.shape and out.min() == -1 and out.max() == 1
     assert bool(((out == 1).sum(dim=(1, 2, 3)) == 8).all())   # shifted, never cut off
     cols = (out == 1).nonzero()[:, 3]
     assert cols.min() >= 3 and cols.max() <= 24                # left bar, or mirrored right
     assert (cols > 14).any() and (cols < 14).any()             # some flipped, some not
-    plain = mnist.augment_batch(x, torch.Generator().manual_seed(0), flip=False)
+    plain = mnist_recipe.augment_batch(x, torch.Generator().manual_seed(0), flip=False)
     assert ((plain == 1).nonzero()[:, 3] <= 10).all()
 
 
@@ -224,14 +224,14 @@ def test_output_folder_holds_one_run(idx_dir, two_epochs, tmp_path, capsys):
 
 def interrupt_second_epoch(monkeypatch):
     """Ctrl-C at the start of the second epoch's training; returns the real function."""
-    real = mnist.train_one_epoch
+    real = mnist_train.train_epoch
 
     def interrupted(*a, **k):
-        if a[6] == 1:                                        # the second epoch
+        if a[4] == 1:                                        # the second epoch
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(mnist, "train_one_epoch", interrupted)
+    monkeypatch.setattr(mnist_train, "train_epoch", interrupted)
     return real
 
 
@@ -247,5 +247,5 @@ def test_ctrl_c_prints_the_resume_command(idx_dir, tmp_path, capsys, monkeypatch
         "holds the 1 finished epoch",
         "centerloss-mnist: continue with: python -m centerloss_ext.train.mnist "
         + " ".join(argv) + " --resume"]
-    monkeypatch.setattr(mnist, "train_one_epoch", real)
+    monkeypatch.setattr(mnist_train, "train_epoch", real)
     assert [h["epoch"] for h in mnist.main(argv + ["--resume"])["history"]] == [1, 2]

@@ -5,7 +5,7 @@ after each run: --resume skips the rows already there) and heatmaps.png.
     python scripts/sweep_lambda_alpha.py --out runs/sweep          # the grid in docs/
     python scripts/sweep_lambda_alpha.py --lambdas 0.1 --alphas 0.5 --modes alpha
 
-Each run is the centerloss-mnist training step (mnist.train_one_epoch, the recipe of
+Each run is the centerloss-mnist training step (mnist_train.train_epoch, the recipe of
 mnist_recipe.build) with the options below; optimizer mode learns the centers by SGD at
 the rate that moves a class of average count as far as α would (mnist_recipe.center_lr),
 so α means the same step size in both modes. A softmax-only run (λ = 0) is the reference.
@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from centerloss_ext.train import mnist
+from centerloss_ext.train import mnist, mnist_train
 from centerloss_ext.train.common import seed_everything, write_json
 from centerloss_ext.train.idx import load_mnist_like, to_unit_range
-from centerloss_ext.train.mnist_recipe import build, lr_at
+from centerloss_ext.train.mnist_recipe import build
 
 
 def floats(text: str):
@@ -62,16 +61,10 @@ def one_run(args, data, images, labels, test_images, lam, alpha, mode):
     device = torch.device("cpu")
     steps = -(-len(images) // opts.batch_size)
     recipe = build(opts, len(data.class_names), steps, device)
-    t0 = time.perf_counter()
+    seconds = 0.0
     for epoch in range(opts.epochs):
-        lr = lr_at(opts.lr, opts.lr_schedule, epoch, opts.epochs)
-        for group in recipe.optimizers[0].param_groups if lr is not None else ():
-            group["lr"] = lr
-        train = mnist.train_one_epoch(
-            recipe.model, recipe.center_loss, recipe.optimizers[0], images, labels, opts,
-            epoch, device, scheduler=recipe.scheduler,
-            center_optimizer=recipe.optimizers[1] if len(recipe.optimizers) > 1 else None)
-    seconds = time.perf_counter() - t0
+        train = mnist_train.train_epoch(recipe, images, labels, opts, epoch, device)
+        seconds += train.pop("seconds")
     test, _ = mnist.evaluate_test(recipe.model, recipe.center_loss, data, test_images, device)
     return {"lambda": lam, "alpha": alpha, "mode": mode, "train_seconds": round(seconds, 1),
             "train_loss": train["train_loss"], **test}

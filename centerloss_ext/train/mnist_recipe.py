@@ -15,6 +15,7 @@ from .common import TrainingError
 from .models import LeNetPlusPlus
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
+AMP_CHOICES = ("off", "bf16", "auto")
 ONECYCLE_WARMUP = 0.25          # fraction of the steps spent raising the learning rate
 
 
@@ -55,9 +56,34 @@ def center_lr(opts: Any, num_classes: int) -> float:
     return opts.alpha * b * c / ((b + c) * opts.center_loss_weight)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a GPU of compute capability 8.0
+    or newer, a CPU with AVX-512 BF16 or AMX (elsewhere oneDNN emulates it, slower than
+    float32)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")   # torch >= 2.2
+    return device.type == "cpu" and any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def resolve_amp(choice: str, device: torch.device) -> str:
+    """--amp as a run records it: "bf16" or "off" ("auto": bf16 where it is native)."""
+    if choice == "auto":
+        return "bf16" if native_bf16(device) else "off"
+    if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainingError(f"--amp bf16: {device} has no bfloat16 support; use --amp off")
+    if choice == "bf16" and device.type not in ("cpu", "cuda"):
+        raise TrainingError(f"--amp bf16: not supported on {device.type}; use --amp off")
+    return choice
+
+
 def build(opts: Any, num_classes: int, steps_per_epoch: int, device: torch.device) -> Recipe:
-    """LeNet++ (channels-last), the center loss and the optimizers the options ask for."""
-    model = LeNetPlusPlus(num_classes, opts.feature_dim, batch_norm=opts.batch_norm).to(
+    """LeNet++ (channels-last), the center loss and the optimizers the options ask for;
+    ``opts.amp`` is "off" or "bf16" (:func:`resolve_amp`)."""
+    if opts.amp not in ("off", "bf16"):
+        raise ValueError(f"opts.amp={opts.amp!r}: resolve it first (resolve_amp)")
+    model = LeNetPlusPlus(num_classes, opts.feature_dim, batch_norm=opts.batch_norm,
+                          trunk_dtype=torch.bfloat16 if opts.amp == "bf16" else None).to(
         device, memory_format=torch.channels_last)
     center_loss = CenterLoss(num_classes, opts.feature_dim, alpha=opts.alpha,
                              center_update=opts.center_update, device=device)

@@ -7,7 +7,7 @@ classes compact.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -18,11 +18,15 @@ class LeNetPlusPlus(nn.Module):
     connected layer to ``feature_dim`` features (2 in the paper, so they can be plotted)
     with PReLU, then a bias-free linear classifier. Input: (B, 1, 28, 28) in [-1, 1].
     ``batch_norm``: BatchNorm after every convolution (which then has no bias), not in the
-    paper; it lets a short run (`make demo`) take a higher learning rate."""
+    paper; it lets a short run (`make demo`) take a higher learning rate.
+    ``trunk_dtype`` (e.g. torch.bfloat16): the convolutions run under autocast to it (the
+    bulk of the work); the feature layer, the classifier and so the center loss stay in
+    float32, in training and evaluation alike."""
 
     def __init__(self, num_classes: int = 10, feature_dim: int = 2, in_channels: int = 1,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, trunk_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
+        self.trunk_dtype = trunk_dtype
 
         def conv(cin: int, cout: int) -> list:
             if batch_norm:
@@ -40,7 +44,11 @@ class LeNetPlusPlus(nn.Module):
         self.classifier = nn.Linear(feature_dim, num_classes, bias=False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding(self.trunk(x))
+        if self.trunk_dtype is None:
+            return self.embedding(self.trunk(x))
+        with torch.autocast(x.device.type, dtype=self.trunk_dtype):
+            h = self.trunk(x)
+        return self.embedding(h.float())
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         features = self.embed(x)

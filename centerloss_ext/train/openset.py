@@ -40,7 +40,7 @@ from .common import (HelpFormatter, TrainingError, alpha_value, check_output_fol
                      positive_int, resolve_device, run_cli, write_json)
 from .idx import DATASETS, DIGITS, FASHION_CLASSES, load_mnist_like, to_unit_range
 from .mnist import MnistOptions
-from .mnist_recipe import LR_SCHEDULES
+from .mnist_recipe import AMP_CHOICES, LR_SCHEDULES, resolve_amp
 
 PROG = "centerloss-openset"
 OUTPUTS = ("metrics.json", "roc.png", "*.tmp")     # what --overwrite deletes, nothing else
@@ -85,6 +85,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="random shifts (and flips for Fashion-MNIST), as centerloss-mnist's")
     p.add_argument("--batch-norm", action="store_true",
                    help="BatchNorm after each convolution, as centerloss-mnist's")
+    p.add_argument("--amp", choices=AMP_CHOICES, default=O.amp,
+                   help="bf16: the convolutions in bfloat16, as centerloss-mnist's")
     p.add_argument("--max-pairs", type=positive_int, default=2_000_000,
                    help="verification pairs: all of them up to this many, else a seeded "
                         "sample of this many, half same-class")
@@ -120,7 +122,7 @@ def resolve_splits(options: Dict[str, Any], class_names: Sequence[str]) -> List[
 
 def _train_options(options: Dict[str, Any], weight: float) -> MnistOptions:
     keys = ("dataset", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "augment",
-            "batch_norm", "alpha", "feature_dim", "device", "seed", "no_progress")
+            "batch_norm", "amp", "alpha", "feature_dim", "device", "seed", "no_progress")
     return MnistOptions(**{k: options[k] for k in keys}, center_loss_weight=weight,
                         out=options["out"])
 
@@ -131,6 +133,7 @@ def run(options: Dict[str, Any]) -> Dict[str, Any]:
     class_names = FASHION_CLASSES if options["dataset"] == "fashion-mnist" else DIGITS
     splits = resolve_splits(options, class_names)           # bad splits fail before data
     device = resolve_device(options["device"])
+    options = {**options, "amp": resolve_amp(options["amp"], device)}   # bf16 or off
     out = Path(options["out"])
     check_output_folder(out, OUTPUTS, options["overwrite"])
     with output_folder(out):

@@ -11,17 +11,16 @@ training images). Closed-set measures on the seen classes' test images come alon
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import mnist
+from . import mnist, mnist_train
 from .common import TrainingError, seed_everything
 from .evaluate import (intra_inter_ratio, knn_accuracy, l2_normalize, nearest_center_accuracy,
                        pair_similarities, verification_metrics, verification_pairs)
-from .mnist_recipe import build, lr_at
+from .mnist_recipe import build
 
 FARS = (1e-3, 1e-2)
 # (key, label); the summary averages these and every other number of a method's metrics
@@ -134,19 +133,12 @@ def train(opts: mnist.MnistOptions, data: SplitData, device: torch.device):
     seed_everything(opts.seed)
     steps = -(-len(data.train_images) // opts.batch_size)
     recipe = build(opts, len(data.seen), steps, device)
-    optimizer = recipe.optimizers[0]
     stats: Dict[str, float] = {}
     seconds = 0.0
     for epoch in range(opts.epochs):
-        lr = lr_at(opts.lr, opts.lr_schedule, epoch, opts.epochs)
-        for group in optimizer.param_groups if lr is not None else ():
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        stats = mnist.train_one_epoch(
-            recipe.model, recipe.center_loss, optimizer, data.train_images, data.train_labels,
-            opts, epoch, device, scheduler=recipe.scheduler,
-            center_optimizer=recipe.optimizers[1] if len(recipe.optimizers) > 1 else None)
-        seconds += time.perf_counter() - t0
+        stats = mnist_train.train_epoch(recipe, data.train_images, data.train_labels, opts,
+                                        epoch, device)
+        seconds += stats.pop("seconds")
     return recipe, stats, seconds
 
 
