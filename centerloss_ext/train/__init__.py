@@ -6,9 +6,11 @@
     python -m centerloss_ext.train.faces   (console: centerloss-faces)   face
         identification/verification on an ImageFolder tree: train, eval, embed, identify,
         split.
+    python -m centerloss_ext.train.openset (console: centerloss-openset) softmax only vs
+        center loss on Fashion-MNIST classes held out of training (`make openset`).
 
-One module per job; only mnist.py and faces.py parse command lines, everything else takes
-plain parameters or small dataclasses:
+One module per job; only the command-line modules (mnist, faces, openset, synthetic) parse
+command lines, everything else takes plain parameters or small dataclasses:
     faces          the centerloss-faces command line, nothing else
     faces_train    `train`: TrainOptions, train_one_epoch, train()
     faces_eval     `eval` and the val/ evaluation: EvalOptions, evaluate(), eval_checkpoint()
@@ -16,6 +18,10 @@ plain parameters or small dataclasses:
     faces_split    `split`: split_identity_folder
     faces_model    FaceNet, Runtime (device, batch, workers, amp), checkpoint loading
     mnist          centerloss-mnist: MnistOptions and the LeNet++ run
+    mnist_recipe   LeNet++'s recipe: network, center loss, optimizers, schedule, --amp
+    mnist_train    one training epoch of that recipe (mnist, openset and the λ/α sweep)
+    openset        centerloss-openset: the command line and metrics.json
+    openset_eval   class splits, training per split and method, held-out measures
     loop           the shared skeleton: RunningStats (on-device statistics, one host
                    read-back per log interval), resume, checkpoint_state, run_record
     common         errors, seeding, devices, atomic writes, the CLI's error handling
