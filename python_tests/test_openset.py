@@ -139,13 +139,17 @@ def test_metrics_file(run):
     assert saved["splits"][1]["seen_names"][0] == "T-shirt/top"
     keys = {"unseen_roc_auc", "unseen_tar@far=0.001", "unseen_tar@far=0.01",
             "unseen_1nn_acc", "unseen_intra_inter_ratio", "seen_softmax_acc",
-            "seen_nearest_center_acc", "seen_intra_inter_ratio", "train_seconds"}
+            "seen_nearest_center_acc", "seen_intra_inter_ratio", "train_seconds",
+            "unseen_effective_dim", "unseen_variance_in_seen_span",
+            "unseen_impostors_same_seen_class", "unseen_false_accepts_same_seen_class"}
     for split in saved["splits"]:
         assert set(split["methods"]) == {"softmax_only", "center_loss"}
         for m in split["methods"].values():
             assert keys <= set(m)
             assert m["unseen_probes"] == 4 * 30 and m["unseen_gallery"] == 4 * 20
             assert all(m[k] is not None for k in keys)
+            assert 1 <= m["unseen_effective_dim"] <= 8                  # --feature-dim 8
+            assert 0 <= m["unseen_variance_in_seen_span"] <= 1 + 1e-9
     summary = saved["summary"]
     for method in ("softmax_only", "center_loss"):
         for key in keys:

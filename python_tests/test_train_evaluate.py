@@ -90,3 +90,34 @@ def test_import_centerloss_ext_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_spread_in_span_effective_dimension_and_share_of_variance():
+    g = torch.Generator().manual_seed(0)
+    # directions: 3 class means along axes 0 and 1 of 6 (their differences span 2 axes)
+    directions = torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0], [-1.0, -1.0, 0, 0, 0, 0]])
+    inside = torch.zeros(20000, 6)
+    inside[:, :2] = torch.randn(20000, 2, generator=g)
+    inside[:, 2] = 0.001                     # a constant offset: normalising keeps it tiny
+    r = ev.spread_in_span(inside, directions)
+    assert r["in_span"] == pytest.approx(1.0, abs=1e-4)
+    assert 1.5 < r["effective_dim"] <= 2.0001        # two axes, equal after normalising
+    outside = torch.zeros(20000, 6)
+    outside[:, 2:] = torch.randn(20000, 4, generator=g)
+    r = ev.spread_in_span(outside, directions)
+    assert r["in_span"] == pytest.approx(0.0, abs=1e-6)
+    assert 3.5 < r["effective_dim"] <= 4.0001
+    line = torch.randn(500, 1, generator=g) * torch.tensor([[1.0, 2.0, 0, 0, 0, 0]])
+    assert ev.spread_in_span(line, directions)["effective_dim"] == pytest.approx(1.0)
+
+
+def test_same_nearest_share_counts_impostors_and_the_top_ones():
+    # 10 impostor pairs (scores 0.0 .. 0.9) and 2 genuine ones with the highest scores
+    scores = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
+    same = torch.tensor([False] * 10 + [True, True])
+    ni = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 5, 5])
+    nj = torch.tensor([1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 5, 6])   # impostors 8 and 9 coincide
+    r = ev.same_nearest_share(scores, same, ni, nj, far=0.2)   # the top 2 impostors
+    assert r == {"all": pytest.approx(0.2), "false_accepts": pytest.approx(1.0)}
+    r = ev.same_nearest_share(scores, same, ni, nj, far=0.3)
+    assert r["false_accepts"] == pytest.approx(2 / 3)

@@ -192,3 +192,36 @@ def verification_metrics(scores: torch.Tensor, same: torch.Tensor,
         "pairs_different": n_neg,
         "roc": {"fpr": fpr, "tpr": tpr},
     }
+
+
+def spread_in_span(features: torch.Tensor, directions: torch.Tensor) -> Dict[str, float]:
+    """How ``features`` spread, L2-normalised as the cosine similarity sees them:
+    ``effective_dim``, the participation ratio (Σλ)²/Σλ² of their covariance's eigenvalues
+    (1: all on one axis, D: even in every direction), and ``in_span``, the fraction of
+    their variance inside the span of ``directions`` (L2-normalised, differences from their
+    mean: e.g. the training classes' mean features). Open-set use: an ``in_span`` near 1
+    means new classes can differ only along the few directions the training classes use."""
+    f = l2_normalize(features).double()
+    f = f - f.mean(0)
+    eig = torch.linalg.eigvalsh(f.T @ f / len(f)).clamp(min=0)
+    d = l2_normalize(directions).double()
+    d = d - d.mean(0)
+    _, s, vh = torch.linalg.svd(d, full_matrices=False)
+    basis = vh[s > s.max() * 1e-6]
+    inside = (f @ basis.T).pow(2).sum() / f.pow(2).sum()
+    return {"effective_dim": float(eig.sum() ** 2 / eig.pow(2).sum()), "in_span": float(inside)}
+
+
+def same_nearest_share(scores: torch.Tensor, same: torch.Tensor, nearest_i: torch.Tensor,
+                       nearest_j: torch.Tensor, far: float) -> Dict[str, float]:
+    """Of the different-identity pairs, the share whose two members have the same nearest
+    reference (e.g. training class): among all of them (``all``) and among the top ``far``
+    fraction by score (``false_accepts``: the pairs a threshold at that FAR accepts). A
+    ``false_accepts`` share far above ``all`` says the false accepts are pairs the network
+    maps onto the same training class."""
+    neg = ~same
+    coincide = (nearest_i == nearest_j)[neg]
+    k = max(1, int(far * int(neg.sum())))
+    top = torch.topk(scores[neg].double(), k).indices
+    return {"all": float(coincide.double().mean()),
+            "false_accepts": float(coincide[top].double().mean())}

@@ -18,8 +18,9 @@ import torch
 
 from . import mnist, mnist_train
 from .common import TrainingError, seed_everything
-from .evaluate import (intra_inter_ratio, knn_accuracy, l2_normalize, nearest_center_accuracy,
-                       pair_similarities, verification_metrics, verification_pairs)
+from .evaluate import (class_means, intra_inter_ratio, knn_accuracy, l2_normalize,
+                       nearest_center_accuracy, pair_similarities, same_nearest_share,
+                       spread_in_span, verification_metrics, verification_pairs)
 from .mnist_recipe import build
 
 FARS = (1e-3, 1e-2)
@@ -29,6 +30,10 @@ TABLE = (("unseen_tar@far=0.001", "unseen TAR@FAR=1e-3"),
          ("unseen_roc_auc", "unseen ROC AUC"),
          ("unseen_1nn_acc", "unseen 1-NN identification"),
          ("unseen_intra_inter_ratio", "unseen intra/inter ratio"),
+         ("unseen_effective_dim", "unseen effective dimension"),
+         ("unseen_variance_in_seen_span", "unseen variance in seen span"),
+         ("unseen_false_accepts_same_seen_class", "FA@1e-3 on one seen class"),
+         ("unseen_impostors_same_seen_class", "impostors on one seen class"),
          ("seen_softmax_acc", "seen softmax acc"),
          ("seen_nearest_center_acc", "seen nearest-center acc"),
          ("seen_intra_inter_ratio", "seen intra/inter ratio"),
@@ -151,13 +156,24 @@ def evaluate(recipe, data: SplitData, device: torch.device, max_pairs: int,
     probe_f, probe_y, _ = mnist.features_of(model, data.probe_images, data.probe_labels, device)
     gal_f, gal_y, _ = mnist.features_of(model, data.gallery_images, data.gallery_labels, device)
     i, j = verification_pairs(probe_y, max_pairs, seed)
-    ver = verification_metrics(pair_similarities(probe_f, i, j), probe_y[i] == probe_y[j], FARS)
+    scores, same = pair_similarities(probe_f, i, j), probe_y[i] == probe_y[j]
+    ver = verification_metrics(scores, same, FARS)
     roc = ver.pop("roc")
+    # why: do the held-out classes spread beyond the seen classes' directions, and are the
+    # false accepts pairs that land on the same seen class? (docs/openset.md)
+    _, seen_means = class_means(seen_f, seen_y)
+    spread = spread_in_span(probe_f, seen_means)
+    near = (l2_normalize(probe_f) @ l2_normalize(seen_means.float()).T).argmax(1)
+    share = same_nearest_share(scores, same, near[i], near[j], FARS[0])
     knn = knn_accuracy(l2_normalize(gal_f), gal_y, l2_normalize(probe_f), probe_y, (1,))
     metrics = {f"unseen_{k}": v for k, v in ver.items()}
     metrics.update({
         "unseen_1nn_acc": knn[1],
         "unseen_intra_inter_ratio": intra_inter_ratio(probe_f, probe_y)["ratio"],
+        "unseen_effective_dim": spread["effective_dim"],
+        "unseen_variance_in_seen_span": spread["in_span"],
+        "unseen_impostors_same_seen_class": share["all"],
+        "unseen_false_accepts_same_seen_class": share["false_accepts"],
         "unseen_probes": len(probe_y), "unseen_gallery": len(gal_y),
         "seen_softmax_acc": float((seen_pred == seen_y).float().mean()),
         "seen_nearest_center_acc": nearest_center_accuracy(seen_f, seen_y, centers),
