@@ -38,7 +38,7 @@ build: $(VENV)/.deps
 	$(PY) -m centerloss_ext
 
 pytest: build
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 # The main job: LeNet++ with center loss on Fashion-MNIST, on the CPU, into runs/demo/
 # (a new run replaces the previous demo's outputs: --overwrite, unless DEMO_ARGS resumes)
