@@ -128,6 +128,40 @@ def test_an_untrained_network_is_far_from_perfect(tree, trained):
     assert final["val_roc_auc"] >= untrained["val_roc_auc"] + 0.15
 
 
+def test_open_set_measures_need_two_unseen_identities(tree, trained, tmp_path):
+    """Two identities only in val/ get measures of their own (val_unseen_*: verification
+    on their pairs alone, 1-NN against each one's first image); the tree's one does not."""
+    out, result = trained
+    assert [k for k in result["final"] if k.startswith("val_unseen_")] == \
+        ["val_unseen_identities"]
+    # the same seed and counts draw the same first 7 identities, then one more unseen
+    two = make_synthetic_faces(tmp_path / "two", identities=6, train_per_identity=12,
+                               val_per_identity=4, unseen=2, image_size=32, seed=0)
+    ev = faces.main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--input-dir",
+                     str(two), "--out", str(tmp_path), "--workers", "0", "--device", "cpu"])
+    assert ev["unseen_val_identities"] == ["id_006", "id_007"]
+    assert ev["val_pairs_same"] == 8 * 6                 # all of val/, as before
+    assert ev["val_unseen_pairs_same"] == 2 * 6 and ev["val_unseen_pairs_different"] == 16
+    assert ev["val_unseen_gallery"] == 2 and ev["val_unseen_probes"] == 6
+    assert 0.0 <= ev["val_unseen_1nn_acc"] <= 1.0 and 0.0 <= ev["val_unseen_roc_auc"] <= 1.0
+
+
+def test_unseen_metrics_on_hand_made_features():
+    """1-NN against each identity's first image, and pairs among these images only."""
+    from centerloss_ext.train.faces_eval import unseen_metrics
+
+    e = torch.eye(3)
+    feats = torch.stack([e[0], 2 * e[0], e[0] + 0.1 * e[1],      # identity 7
+                         e[1], 3 * e[1], 1.5 * e[0],             # 8: its last looks like 7
+                         e[2], e[2] + 0.1 * e[0], 2 * e[2]])     # 9
+    labels = torch.tensor([7, 7, 7, 8, 8, 8, 9, 9, 9])
+    m = unseen_metrics(feats, labels)
+    assert m["val_unseen_gallery"] == 3 and m["val_unseen_probes"] == 6
+    assert m["val_unseen_1nn_acc"] == pytest.approx(5 / 6)     # 1.5·e0 is named 7
+    assert m["val_unseen_pairs_same"] == 9 and m["val_unseen_pairs_different"] == 27
+    assert 0.5 < m["val_unseen_roc_auc"] < 1.0                 # that image's pairs cost
+
+
 def test_identify_answers_unknown_at_a_false_accept_rate(tree, trained, tmp_path, capsys):
     """--far picks the threshold from the gallery's impostor scores (each image against
     the other identities' templates): the lowest one that accepts at most that share of

@@ -11,7 +11,9 @@ val/ is labelled with train/'s identity numbering; identities only in val/ are u
 verification and reported. Evaluation on val/: k-NN identification (val images against
 train images), and verification on same/different-identity pairs of val/ images (cosine
 similarity of L2-normalised features: ROC AUC, TAR at FAR=1e-3, best-threshold
-accuracy), with a ROC plot.
+accuracy), with a ROC plot. Two or more identities only in val/ get open-set measures of
+their own (val_unseen_*: verification on their pairs alone, 1-NN against their first
+images).
 
 Run with `python -m centerloss_ext.train.faces` too. `--help` after a command lists its
 options.

@@ -1,7 +1,9 @@
 """`centerloss-faces eval`, and the evaluation on ``val/`` that training runs every
 ``--eval-every`` epochs: k-NN identification (val/ images against a gallery of train/
 images), softmax and nearest-center accuracy, and verification on same/different-identity
-pairs of val/ images (ROC AUC, TAR at FAR, best-threshold accuracy)."""
+pairs of val/ images (ROC AUC, TAR at FAR, best-threshold accuracy); where val/ holds two
+or more identities absent from train/, verification and identification on those alone
+(``val_unseen_*``: the open-set measures)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .. import CenterLoss
@@ -86,23 +89,50 @@ def evaluate(model: FaceNet, center_loss: CenterLoss, folders: FaceFolders, imag
             v_feats[seen], v_labels[seen], center_loss.centers.cpu())
     roc = None
     if len(folders.val.class_to_idx) >= 2:
-        i, j = verification_pairs(v_labels, options.max_pairs, options.seed)
-        scores = pair_similarities(v_feats, i, j)
-        try:
-            ver = verification_metrics(scores, v_labels[i] == v_labels[j])
-        except ValueError as e:                 # e.g. one image per identity: no same pairs
-            metrics["verification_skipped"] = str(e)
-        else:
-            roc = ver.pop("roc")
-            metrics.update({f"val_{k}": v for k, v in ver.items()})
+        ver, roc = _verification(v_feats, v_labels, options, "val_")
+        metrics.update(ver)
+    if len(v_labels[~seen].unique()) >= 2:     # the open-set question: identities never trained on
+        metrics.update(unseen_metrics(v_feats[~seen], v_labels[~seen], options))
     return metrics, roc
+
+
+def _verification(feats: torch.Tensor, labels: torch.Tensor, options: EvalOptions,
+                  prefix: str) -> Tuple[Dict[str, Any], Optional[Dict]]:
+    """Verification on same/different-identity pairs of ``feats``: the metrics, named
+    ``prefix`` + key, and the ROC curve (None when skipped)."""
+    i, j = verification_pairs(labels, options.max_pairs, options.seed)
+    try:
+        ver = verification_metrics(pair_similarities(feats, i, j), labels[i] == labels[j])
+    except ValueError as e:                     # e.g. one image per identity: no same pairs
+        return {f"{prefix}verification_skipped": str(e)}, None
+    roc = ver.pop("roc")
+    return {f"{prefix}{k}": v for k, v in ver.items()}, roc
+
+
+def unseen_metrics(feats: torch.Tensor, labels: torch.Tensor,
+                   options: EvalOptions = EvalOptions()) -> Dict[str, Any]:
+    """Open-set measures on the val/ images of identities absent from train/ (at least
+    two): verification on pairs of these images only, and identification with each
+    identity's first image as its gallery entry and the others as probes (1-NN)."""
+    metrics, _ = _verification(feats, labels, options, "val_unseen_")
+    first = torch.zeros(len(labels), dtype=torch.bool)
+    first[np.unique(labels.numpy(), return_index=True)[1]] = True
+    metrics.update({"val_unseen_gallery": int(first.sum()),
+                    "val_unseen_probes": int((~first).sum())})
+    if (~first).any():
+        metrics["val_unseen_1nn_acc"] = knn_accuracy(
+            l2_normalize(feats[first]), labels[first], l2_normalize(feats[~first]),
+            labels[~first], (1,))[1]
+    return metrics
 
 
 def summary(metrics: Dict[str, Any]) -> str:
     """The evaluation in one line."""
     keys = [("val_knn1_acc", "1-NN acc"), ("val_softmax_acc", "softmax acc"),
             ("val_nearest_center_acc", "nearest-center acc"), ("val_roc_auc", "ROC AUC"),
-            ("val_tar@far=0.001", "TAR@FAR=1e-3"), ("val_best_accuracy", "verif. acc")]
+            ("val_tar@far=0.001", "TAR@FAR=1e-3"), ("val_best_accuracy", "verif. acc"),
+            ("val_unseen_tar@far=0.001", "unseen TAR@FAR=1e-3"),
+            ("val_unseen_1nn_acc", "unseen 1-NN acc")]
     return ", ".join(f"{name} {metrics[k]:.4f}" for k, name in keys
                      if metrics.get(k) is not None)
 
