@@ -4,6 +4,7 @@ update) of each center-loss implementation, on the same inputs, in one run.
     python bench/compare.py --quick                 # a minute or two on a laptop CPU
     python bench/compare.py --device cuda           # the full grid on the GPU
     python bench/compare.py --shapes 512x512x10000,face100k --dtype bfloat16
+    python bench/compare.py --render                # bench/RESULTS.md from bench/results/*.json
 
 Variants (bench/variants.py): centerloss_ext (the compiled op) eager and under
 torch.compile, centerloss_ext.reference (plain PyTorch) eager and compiled, and the
@@ -17,12 +18,22 @@ Writes under --out: compare.json (every figure, device, versions), compare.md (t
 tables in Markdown, for bench/RESULTS.md) and compare.png (time vs. batch size).
 Exits with 1 when a variant gave a wrong answer (FAILED) or crashed; OOM and "too slow"
 are reported, not errors.
+
+--render measures nothing. Given a saved compare.json it reprints that run's tables and
+rewrites its compare.md and compare.png under --out. Given a Markdown page, or nothing
+(bench/RESULTS.md), it rewrites every block of the page between
+``<!-- rendered by bench/compare.py --render from RUN.json (KIND): do not edit -->`` and
+``<!-- end rendered -->`` from the JSON it names (found in --results, by default results/
+beside the page; KIND: run, summary or tables) and leaves the rest of the page as it is;
+--check writes nothing and exits with 1 when the page is not what rendering gives.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
+import difflib
+import itertools
 import os
 import platform
 import shlex
@@ -63,6 +74,8 @@ from bench.runner import Result, Settings, describe_failure, run_variant  # noqa
 from bench.shapes import QUICK, Shape, parse_shapes  # noqa: E402
 from bench.variants import BASELINE, VARIANTS, Problem, Variant  # noqa: E402
 
+PAGE_NAME = "bench/RESULTS.md"
+PAGE = Path(__file__).resolve().parent / "RESULTS.md"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -78,8 +91,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="the issue's sizes only, short timings (CI)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="features' dtype (centers stay float32)")
-    p.add_argument("--out", type=Path, default=Path("out/bench"),
-                   help="folder for compare.json and compare.png")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for compare.json, compare.md and compare.png (default "
+                        "out/bench); with --render PAGE: the file to write (default: the "
+                        "page itself)")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of: " + ", ".join(v.name for v in VARIANTS))
     p.add_argument("--no-compile", action="store_true", help="leave out the compiled variants")
@@ -89,12 +104,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="seconds of timed runs per variant (default 1, quick 0.3)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds one variant may take at most (default 60, quick 20)")
-    p.add_argument("--render", type=Path, default=None, metavar="JSON",
-                   help="measure nothing: print the tables of a saved compare.json and "
-                        "write its compare.md and compare.png under --out")
+    p.add_argument("--render", nargs="?", const=str(PAGE), default=None,
+                   metavar="JSON|PAGE",
+                   help="measure nothing. JSON (a saved compare.json): print its tables and "
+                        "write its compare.md and compare.png under --out. PAGE (a .md file; "
+                        f"with no argument {PAGE_NAME}): render its marked blocks from the "
+                        "JSON files they name, leaving the prose outside them as it is")
+    p.add_argument("--results", type=Path, default=None, metavar="DIR",
+                   help="with --render PAGE: the folder of the JSON files its markers name "
+                        "(default: results/ beside the page)")
+    p.add_argument("--check", action="store_true",
+                   help="with --render PAGE: write nothing; exit 1 when the page differs "
+                        "from what rendering gives")
     p.add_argument("--batches", type=int, default=4,
                    help="random batches the timed steps rotate through")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    page_mode = args.render is not None and Path(args.render).suffix == ".md"
+    if (args.results or args.check) and not page_mode:
+        p.error("--results and --check go with --render PAGE (a .md file, or nothing)")
+    return args
 
 
 def pick_variants(args: argparse.Namespace) -> List[Variant]:
@@ -207,10 +235,44 @@ def exit_code(reports: List[report.ShapeReport]) -> int:
     return 0
 
 
+def render_page(page: Path, results: Optional[Path], out: Optional[Path],
+                check: bool) -> int:
+    """--render PAGE: the page's marked blocks from the JSON they name, nothing measured."""
+    results = results or page.parent / "results"
+    text = page.read_text()
+    try:
+        new, used = report.render_page(text, results, page.parent)
+    except report.PageError as e:
+        print(f"{page}: {e}", file=sys.stderr)
+        return 2
+    unused = sorted(p.name for p in results.glob("*.json") if p.name not in used)
+    if unused:
+        print(f"{page}: no block renders {', '.join(unused)} (in {results}); add "
+              "<!-- rendered by bench/compare.py --render from NAME.json (tables): do not "
+              "edit --> ... <!-- end rendered --> where its tables belong", file=sys.stderr)
+    if check:
+        if new == text:
+            print(f"{page}: up to date with {', '.join(used) or 'no JSON'}")
+            return 0
+        diff = difflib.unified_diff(text.splitlines(), new.splitlines(), str(page),
+                                    "rendered", lineterm="")
+        print("\n".join(itertools.islice(diff, 80)))
+        print(f"{page} differs from its rendering: python bench/compare.py --render "
+              f"{page} rewrites it (edit the prose outside the markers, or the JSON)")
+        return 1
+    target = out or page
+    target.write_text(new)
+    print(f"wrote {target}: blocks rendered from {', '.join(used) or 'no JSON'}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if args.render:
-        meta, reports = report.read_json(args.render)
+    if args.render is not None and Path(args.render).suffix == ".md":
+        return render_page(Path(args.render), args.results, args.out, args.check)
+    args.out = args.out or Path("out/bench")
+    if args.render is not None:
+        meta, reports = report.read_json(Path(args.render))
         args.out.mkdir(parents=True, exist_ok=True)
         write_outputs(meta, reports, args.out)
         return exit_code(reports)

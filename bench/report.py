@@ -1,4 +1,5 @@
-"""What a run produces: the stdout table, the JSON of every figure, and the plot.
+"""What a run produces: the stdout table, the JSON of every figure, and the plot; and
+bench/RESULTS.md's measured blocks, rendered from the committed JSON (:func:`render_page`).
 
 Derived figures, per shape:
 - loss cost = step time − the baseline step's (``features.sum()`` as the loss): what the
@@ -8,8 +9,12 @@ Derived figures, per shape:
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import os
+import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -168,8 +173,160 @@ def markdown(reports: List[ShapeReport], on_cuda: bool) -> str:
         for row in _rows(rep, on_cuda):
             row = row + [""] * (len(cols) - len(row))
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
-        out += ["", *(f"- {n}" for n in _notes(rep)), ""]
+        notes = [f"- {n}" for n in _notes(rep)]
+        out += ["", *notes, ""] if notes else [""]
     return "\n".join(out)
+
+
+def summary(reports: List[ShapeReport]) -> str:
+    """The headline: one row per shape, centerloss_ext's step time and how many times faster
+    it is than each other variant, on the step and (in parentheses) on the loss cost."""
+    names: List[str] = []
+    for rep in reports:
+        names += [r.variant for r in rep.results
+                  if r.variant != REFERENCE_VARIANT and r.variant not in names]
+    cols = ["shape", f"{REFERENCE_VARIANT} step", *(f"vs {n}" for n in names)]
+    out = ["| " + " | ".join(cols) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
+    for rep in reports:
+        by_name = {r.variant: r for r in rep.results}
+        ext = by_name.get(REFERENCE_VARIANT)
+        if ext is None:
+            row = [rep.shape.label, "-"]
+        else:
+            row = [rep.shape.label, fmt_time(ext.step.median) if ext.status == "ok"
+                   else ext.status]
+        for name in names:
+            r, d = by_name.get(name), rep.derived.get(name, {})
+            if r is None:
+                row.append("-")
+            elif r.status != "ok":
+                row.append(r.status)
+            else:
+                row.append(f"{_fmt_x(d.get('speedup_step'))} "
+                           f"({_fmt_x(d.get('speedup_loss_cost'))})")
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _utc(iso: str) -> str:
+    try:
+        when = datetime.datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return str(iso)
+    if when.tzinfo is not None:
+        when = when.astimezone(datetime.timezone.utc)
+    return f"{when:%Y-%m-%d %H:%M} UTC"
+
+
+def run_facts(meta: dict, reports: List[ShapeReport], link: str) -> str:
+    """What a run's JSON says about when, where and how it ran, as a Markdown list;
+    ``link``: the path of the JSON as the page links it."""
+    m = meta["machine"]
+    run = f"- Run: {_utc(m.get('date'))}"
+    if meta.get("wall_s") is not None:
+        run += f", {meta['wall_s']:.0f} s in all"
+    run += f"; `{m.get('command')}`"
+    if m.get("git_commit"):
+        run += f" at commit {m['git_commit']}"
+    lines = [run + f"; every figure: [{link.rsplit('/', 1)[-1]}]({link})."]
+
+    machine = (f"- Machine: {m.get('cpu')}, {m.get('cpu_count')} CPUs, "
+               f"{m.get('torch_threads')} torch threads")
+    if m.get("gpu"):
+        machine += f"; {m['gpu']}"
+        if m.get("gpu_memory_bytes"):
+            machine += f" ({m['gpu_memory_bytes'] / 2**30:.0f} GiB)"
+        machine += f", CUDA {m.get('cuda')}, TF32 matmul " + (
+            "on" if m.get("matmul_allow_tf32") else "off")
+    machine += f"; torch {m.get('torch')}, Python {m.get('python')}"
+    ext = m.get("centerloss_ext") or {}
+    if ext.get("centerloss_ext"):
+        machine += (f"; centerloss_ext {ext['centerloss_ext']}, CUDA "
+                    + ("compiled in" if ext.get("CUDA compiled in") else "not compiled in"))
+    lines.append(machine + ".")
+
+    start, end = m.get("load_average_start"), meta.get("load_average_end")
+    during = [r.load_average[0] for r in reports if r.load_average]
+    if start or during or end:
+        parts = []
+        if start:
+            parts.append(f"{start[0]:.2f} at the start")
+        if during:
+            lo, hi = f"{min(during):.2f}", f"{max(during):.2f}"
+            parts.append(f"{lo if lo == hi else lo + '–' + hi} as the shapes started")
+        if end:
+            parts.append(f"{end[0]:.2f} at the end")
+        lines.append(f"- Load average (1 min): {', '.join(parts)}.")
+
+    st = meta.get("settings") or {}
+    timing = (f"- Timing: features {meta.get('dtype')}, centers float32; "
+              f"{meta.get('batches_rotated')} random batches in turn; per variant "
+              f"{st.get('warmup')} warm-up steps, then at least {st.get('min_runs')} timed "
+              f"blocks and {st.get('min_run_time'):g} s; a variant that would take over "
+              f"{st.get('budget'):g} s is reported too slow")
+    if m.get("device") == "cuda":
+        timing += "; CUDA graphs " + ("on" if st.get("cuda_graphs") else "off")
+    lines.append(timing + (" (`--quick`)." if meta.get("quick") else "."))
+
+    floor = meta.get("floor")
+    if floor:
+        lines.append(f"- Floor: device-to-device copy "
+                     f"{floor['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s (read + write), "
+                     f"one-element kernel launch {fmt_time(floor['empty_launch_s'])}.")
+    return "\n".join(textwrap.fill(line, 90, subsequent_indent="  ", break_long_words=False,
+                                   break_on_hyphens=False) for line in lines) + "\n"
+
+
+# bench/RESULTS.md: what lies between these markers is rendered from the JSON they name.
+BEGIN = re.compile(r"<!-- rendered by bench/compare\.py --render from (?P<json>[^\s()]+) "
+                   r"\((?P<kind>[^)]*)\): do not edit -->")
+END = "<!-- end rendered -->"
+KINDS = ("run", "summary", "tables")
+
+
+class PageError(ValueError):
+    """A page whose markers cannot be rendered (unknown kind, no end, missing JSON)."""
+
+
+def render_block(kind: str, meta: dict, reports: List[ShapeReport], link: str) -> str:
+    if kind == "run":
+        return run_facts(meta, reports, link)
+    if kind == "summary":
+        return summary(reports)
+    if kind == "tables":
+        return markdown(reports, meta["machine"]["device"] == "cuda")
+    raise PageError(f"unknown kind {kind!r} (one of {', '.join(KINDS)})")
+
+
+def render_page(text: str, results: Path, page_dir: Path) -> Tuple[str, List[str]]:
+    """``text`` with every marked block rendered anew from the JSON file it names, in the
+    folder ``results`` (linked relative to ``page_dir``); everything outside the markers is
+    kept as it is. Returns (text, the JSON files used). Rendering twice changes nothing."""
+    out, used, pos = [], [], 0
+    runs: Dict[str, Tuple[dict, List[ShapeReport]]] = {}
+    for begin in BEGIN.finditer(text):
+        line = text.count("\n", 0, begin.start()) + 1
+        end = text.find(END, begin.end())
+        nested = BEGIN.search(text, begin.end())
+        if end < 0 or (nested and nested.start() < end):
+            raise PageError(f"line {line}: {begin.group(0)} has no {END} after it")
+        name, kind = begin.group("json"), begin.group("kind")
+        if name not in runs:
+            path = results / name
+            if not path.is_file():
+                raise PageError(f"line {line}: {path} not found")
+            runs[name] = read_json(path)
+            used.append(name)
+        link = Path(os.path.relpath(results / name, page_dir)).as_posix()
+        try:
+            block = render_block(kind, *runs[name], link)
+        except PageError as e:
+            raise PageError(f"line {line}: {e}") from None
+        out += [text[pos:begin.end()], "\n\n", block.strip("\n"), "\n\n"]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out), used
 
 
 def write_json(path: Path, meta: dict, reports: List[ShapeReport]) -> None:
