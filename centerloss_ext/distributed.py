@@ -26,31 +26,26 @@ as DDP does with parameters when it wraps a model (C × D once, not per step).
 Both steps are custom ops (``torch.ops.centerloss.sync_update_``, ``.broadcast_``) with no
 outputs, opaque to ``torch.compile``: a compiled CenterLoss traces without a graph break
 under sync too.
+
+A single process never loads this file: CenterLoss imports it on its first synced step,
+or when given a process group. The update each implementation applies to the gathered
+batch comes from ``implementations`` (the synced op names it by number).
 """
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from . import ops, reference
 from ._checks import FLOAT_DTYPES, check_inputs
+from ._module_base import DEFAULT_GROUP_KEY
+from .implementations import GATHERED_UPDATES
 
 __all__ = ["all_gather_batch", "is_initialized"]
 
-# The two implementations of the functional API, by the number CenterLoss keeps and the
-# synced update op takes (an op's arguments are plain values, and a number names no
-# module): the compiled ops and the pure-PyTorch reference.
-COMPILED, REFERENCE = 0, 1
-IMPLEMENTATIONS = (ops, reference)
-# What each applies to the gathered batch. Its labels were checked on their own rank, by the
-# loss before the exchange, so the reference does not read them again; the compiled
-# kernels check in the same pass as the update (see set_cuda_label_check for CUDA).
-_GATHERED_UPDATES = (ops.update_centers_, reference.update_checked_centers_)
-
 # Process groups by key: a custom op's arguments must be tensors or plain values, so the
-# module stores an int. Key 0 means the default group, looked up at call time.
+# module stores an int. Key 0 (DEFAULT_GROUP_KEY) means the default group, looked up at
+# call time.
 _GROUPS: Dict[int, "dist.ProcessGroup"] = {}
-DEFAULT_GROUP_KEY = 0
 
 
 def is_initialized() -> bool:
@@ -197,7 +192,7 @@ def _sync_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.T
     x, y = _gather(features, labels, centers, group_of(key))
     # deterministic: the same sums in the same order on every rank (on CUDA the default
     # path adds with atomics, whose order varies), so the centers stay bit-identical.
-    _GATHERED_UPDATES[impl](centers, x, y, alpha, deterministic=True)
+    GATHERED_UPDATES[impl](centers, x, y, alpha, deterministic=True)
 
 
 sync_update_op = torch.library.custom_op(
@@ -205,9 +200,9 @@ sync_update_op = torch.library.custom_op(
     schema="(Tensor(a!) centers, Tensor features, Tensor labels, float alpha, int group_key, "
            "int impl) -> ()")
 sync_update_op.__doc__ = """The alpha rule applied to the global batch of the group of
-``group_key``, in place, the same on every rank. ``impl``: COMPILED or REFERENCE, the
-implementation that does the update. The labels must have been checked on their rank (the
-synced step's loss does it)."""
+``group_key``, in place, the same on every rank. ``impl``: the number of the implementation
+that does the update (implementations.COMPILED or .REFERENCE). The labels must have been
+checked on their rank (the synced step's loss does it)."""
 
 
 @sync_update_op.register_fake

@@ -11,7 +11,7 @@ gradients; torch.compile's AOTAutograd refuses double backward with its own erro
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -66,6 +66,14 @@ def _backward_centers_fake(grad_loss, diff, labels, reduction, num_classes, cent
 
 # --- autograd ---------------------------------------------------------------------------
 
+class _Saved(NamedTuple):
+    """What the loss's forward keeps for its backward, beside the saved tensors."""
+    reduction: int
+    num_classes: int
+    centers_dtype: torch.dtype
+    features_dtype: torch.dtype
+
+
 class _CenterLossFunction(torch.autograd.Function):
     """Loss with a gradient for features and centers; with `alpha`, the same pass also
     applies the alpha rule to the centers (which then must not require grad)."""
@@ -84,36 +92,35 @@ class _CenterLossFunction(torch.autograd.Function):
         # which the alpha rule forbids: its update would fail autograd's version check.
         ctx.save_for_backward(diff, labels, features if ctx.needs_input_grad[0] else None,
                               centers if ctx.needs_input_grad[2] else None)
-        ctx.reduction = reduction
-        ctx.num_classes = centers.shape[0]
-        ctx.centers_dtype = centers.dtype
-        ctx.features_dtype = features.dtype
+        ctx.saved = _Saved(reduction, centers.shape[0], centers.dtype, features.dtype)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         diff, labels, features, centers = ctx.saved_tensors
-        args = (ctx.reduction, ctx.num_classes, ctx.centers_dtype, ctx.features_dtype,
-                torch.are_deterministic_algorithms_enabled())
+        deterministic = torch.are_deterministic_algorithms_enabled()
         if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable
             grad_features, grad_centers = _CenterLossBackward.apply(
-                grad_loss, features, centers, diff, labels, *args)
+                grad_loss, features, centers, diff, labels, ctx.saved, deterministic)
         else:
             grad_features, grad_centers = _fused_backward(
-                grad_loss, diff, labels, ctx.needs_input_grad[0], ctx.needs_input_grad[2],
-                *args)
+                grad_loss, diff, labels, ctx.saved, deterministic,
+                ctx.needs_input_grad[0], ctx.needs_input_grad[2])
         return grad_features, None, grad_centers, None, None, None
 
 
-def _fused_backward(grad_loss, diff, labels, need_features: bool, need_centers: bool,
-                    reduction: int, num_classes: int, centers_dtype: torch.dtype,
-                    features_dtype: torch.dtype, deterministic: bool):
+def _fused_backward(grad_loss, diff, labels, saved: _Saved, deterministic: bool,
+                    need_features: bool, need_centers: bool):
+    """The gradients for the features and the centers (each None when not needed), by the
+    fused backward ops."""
     grad_features = grad_centers = None
     if need_features:
-        grad_features = _ops.backward_features(grad_loss, diff, reduction, features_dtype)
+        grad_features = _ops.backward_features(grad_loss, diff, saved.reduction,
+                                               saved.features_dtype)
     if need_centers:
-        grad_centers = _ops.backward_centers(grad_loss, diff, labels, reduction, num_classes,
-                                             centers_dtype, deterministic)
+        grad_centers = _ops.backward_centers(grad_loss, diff, labels, saved.reduction,
+                                             saved.num_classes, saved.centers_dtype,
+                                             deterministic)
     return grad_features, grad_centers
 
 
@@ -134,15 +141,12 @@ class _CenterLossBackward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, grad_loss, features, centers, diff, labels, reduction: int,
-                num_classes: int, centers_dtype: torch.dtype, features_dtype: torch.dtype,
+    def forward(ctx, grad_loss, features, centers, diff, labels, saved: _Saved,
                 deterministic: bool):
         ctx.save_for_backward(grad_loss, features, centers, diff, labels)
-        ctx.reduction = reduction
-        ctx.num_classes = num_classes
-        return _fused_backward(grad_loss, diff, labels, features is not None,
-                               centers is not None, reduction, num_classes, centers_dtype,
-                               features_dtype, deterministic)
+        ctx.saved = saved
+        return _fused_backward(grad_loss, diff, labels, saved, deterministic,
+                               features is not None, centers is not None)
 
     @staticmethod
     def backward(ctx, grad_grad_features, grad_grad_centers):
@@ -153,7 +157,7 @@ class _CenterLossBackward(torch.autograd.Function):
             rows = rows + grad_grad_features.to(acc)
         if grad_grad_centers is not None:
             rows = rows - grad_grad_centers.to(acc).index_select(0, labels)
-        scale = _row_scale(grad_loss.to(acc), ctx.reduction, diff.shape[0])
+        scale = _row_scale(grad_loss.to(acc), ctx.saved.reduction, diff.shape[0])
         scaled = rows * scale
         grad_g = grad_x = grad_c = None
         if ctx.needs_input_grad[0]:
@@ -164,19 +168,19 @@ class _CenterLossBackward(torch.autograd.Function):
                 picked = centers.index_select(0, labels).to(acc)
                 d = d - (picked - picked.detach())
             per_row = (d * rows).sum(1)
-            if ctx.reduction == 0:
+            if ctx.saved.reduction == 0:
                 grad_g = per_row
             else:
                 grad_g = per_row.sum()
-                if ctx.reduction == 1:
+                if ctx.saved.reduction == 1:
                     grad_g = grad_g / max(diff.shape[0], 1)
             grad_g = grad_g.to(grad_loss.dtype)
         if ctx.needs_input_grad[1]:
             grad_x = scaled.to(features.dtype)
         if ctx.needs_input_grad[2]:
-            grad_c = scaled.new_zeros(ctx.num_classes, diff.shape[1]).index_add(
+            grad_c = scaled.new_zeros(ctx.saved.num_classes, diff.shape[1]).index_add(
                 0, labels, -scaled).to(centers.dtype)
-        return grad_g, grad_x, grad_c, None, None, None, None, None, None, None
+        return grad_g, grad_x, grad_c, None, None, None, None
 
 
 def _row_scale(grad_loss: torch.Tensor, reduction: int, batch: int) -> torch.Tensor:

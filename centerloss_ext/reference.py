@@ -5,24 +5,24 @@ O(B × D) memory and time like the compiled ops: it gathers the B center rows it
 (index_select) and scatters per-class sums into the classes present (unique +
 index_add), never forming a B × C distance matrix or a C × D buffer per step.
 
-This file depends on torch and the shared checks only. Its ``CenterLoss`` (the module on
-these functions) is built in module.py, beside the compiled one, and published here.
+Also ``CenterLoss`` (``ReferenceCenterLoss``): the nn.Module of ``centerloss_ext`` on these
+functions, its code shared with the compiled one through ``_module_base.CenterLossBase``.
+This file depends on torch, the shared checks and that base only: never on the compiled
+ops, which it is the oracle of.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 
 from ._checks import (acc_dtype, check_alpha, check_inputs, check_label_range, loss_dtype,
                       reduction_code)
+from ._module_base import REFERENCE, CenterLossBase
 
-if TYPE_CHECKING:  # set by module.py, which imports this file (not the other way round)
-    from .module import ReferenceCenterLoss as CenterLoss  # noqa: F401
-
-__all__ = ["CenterLoss", "center_loss", "center_loss_and_update_", "update_centers_",
-           "update_checked_centers_"]
+__all__ = ["CenterLoss", "ReferenceCenterLoss", "center_loss", "center_loss_and_update_",
+           "update_centers_", "update_checked_centers_"]
 
 
 def _check(features, labels, centers) -> None:
@@ -135,3 +135,17 @@ def center_loss_and_update_(features: torch.Tensor, labels: torch.Tensor,
     loss = _loss(features, _rows_outside_graph(centers, labels), reduction)
     update_checked_centers_(centers, features.detach(), labels, alpha)
     return loss
+
+
+class ReferenceCenterLoss(CenterLossBase):
+    """:class:`centerloss_ext.CenterLoss` computed with the plain PyTorch functions above:
+    the oracle of the tests and the pure-PyTorch baseline of the benchmark. Also known as
+    ``centerloss_ext.reference.CenterLoss``."""
+
+    # the number of its implementation (implementations.IMPLEMENTATIONS), for the synced op
+    _impl = REFERENCE
+    _center_loss = staticmethod(center_loss)
+    _center_loss_and_update_ = staticmethod(center_loss_and_update_)
+
+
+CenterLoss = ReferenceCenterLoss

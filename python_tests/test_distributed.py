@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 import centerloss_ext as cl
 import distributed_workers as W
-from centerloss_ext import reference
+from centerloss_ext import distributed, implementations, reference
 
 pytestmark = pytest.mark.skipif(not dist.is_available(),
                                 reason="torch.distributed is not available")
@@ -206,16 +206,16 @@ def test_world_of_one_traces_fullgraph_and_updates_like_one_process(world_of_one
 
 
 # the number by which the synced update op picks the update (its static table)
-IMPL_CODES = {"compiled": cl.distributed.COMPILED, "reference": cl.distributed.REFERENCE}
+IMPL_CODES = {"compiled": implementations.COMPILED, "reference": implementations.REFERENCE}
 
 
 @pytest.mark.parametrize("impl", OPS)
 def test_opcheck_sync_ops(world_of_one, impl):
     x, y = W.batch(0, 0, 9, torch.float16)
     centers = W.initial_centers()
-    torch.library.opcheck(cl.distributed.sync_update_op,
+    torch.library.opcheck(distributed.sync_update_op,
                           (centers, x, y.int(), W.ALPHA, 0, IMPL_CODES[impl]))
-    torch.library.opcheck(cl.distributed.broadcast_op, (centers, 0))
+    torch.library.opcheck(distributed.broadcast_op, (centers, 0))
 
 
 def test_sync_op_schema_names_no_module():

@@ -124,19 +124,28 @@ def test_repr_and_functional_exports():
 # --- how the package hangs together (issue 12) -----------------------------------------
 
 # Which sibling modules each core module may import: the oracle depends on nothing but
-# the shared checks; both CenterLoss flavours are built in module.py, on top.
+# the shared checks and the nn.Module code both CenterLoss classes share (_module_base);
+# each class sits beside its functions; the sync finds both through the table of
+# implementations. _module_base's one edge up, to distributed, is a function-level import
+# that only a synced step (or a given process group) runs.
 ALLOWED_IMPORTS = {
     "_checks": set(),
     "ops": {"_checks", "_C"},
-    "reference": {"_checks"},
-    "distributed": {"_checks", "ops", "reference"},
-    "module": {"_checks", "ops", "reference", "distributed"},
+    "_module_base": {"_checks", "distributed"},
+    "reference": {"_checks", "_module_base"},
+    "module": {"_module_base", "ops", "reference"},
+    "implementations": {"_module_base", "ops", "reference"},
+    "distributed": {"_checks", "_module_base", "implementations"},
 }
+# The same, at import time only (module-level imports): no cycle, and a single process
+# never loads the sync.
+TOP_LEVEL_IMPORTS = {**ALLOWED_IMPORTS, "_module_base": {"_checks"}}
 
 
-def _package_imports(name: str) -> set:
+def _package_imports(name: str, top_level_only: bool = False) -> set:
     """The centerloss_ext modules that ``name``.py imports at run time (``if
-    TYPE_CHECKING:`` blocks left out), and "importlib" if it imports by name."""
+    TYPE_CHECKING:`` blocks left out; with ``top_level_only``, function bodies too), and
+    "importlib" if it imports by name."""
     import ast
     from pathlib import Path
 
@@ -145,6 +154,8 @@ def _package_imports(name: str) -> set:
 
     def visit(node):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if top_level_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             found.update([node.module] if node.module else [a.name for a in node.names])
@@ -163,11 +174,123 @@ def _package_imports(name: str) -> set:
 @pytest.mark.parametrize("name", ALLOWED_IMPORTS)
 def test_import_graph(name):
     assert _package_imports(name) <= ALLOWED_IMPORTS[name]
+    assert _package_imports(name, top_level_only=True) <= TOP_LEVEL_IMPORTS[name]
+
+
+def test_import_time_graph_has_no_cycle():
+    import graphlib
+
+    graph = {name: {m for m in _package_imports(name, top_level_only=True)
+                    if m in TOP_LEVEL_IMPORTS}
+             for name in TOP_LEVEL_IMPORTS}
+    tuple(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError
+
+
+def _core_files():
+    from pathlib import Path
+
+    return sorted((Path(cl.__file__).parent).glob("*.py"))
+
+
+def test_no_module_sets_attributes_of_another():
+    """No ``other_module.name = value`` anywhere in the package (issue 22: reference.py's
+    CenterLoss used to be set from module.py)."""
+    import ast
+
+    for path in _core_files():
+        tree = ast.parse(path.read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                imported.update((a.asname or a.name).split(".")[0] for a in node.names)
+        for node in ast.walk(tree):
+            targets = (node.targets if isinstance(node, ast.Assign) else
+                       [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+                       else [])
+            for t in targets:
+                if isinstance(t, ast.Attribute):
+                    root = t.value
+                    while isinstance(root, ast.Attribute):
+                        root = root.value
+                    assert not (isinstance(root, ast.Name) and root.id in imported), (
+                        f"{path.name}:{t.lineno} sets {ast.unparse(t)}")
+            if (isinstance(node, ast.Call) and ast.unparse(node.func) == "setattr"
+                    and isinstance(node.args[0], ast.Name)):
+                assert node.args[0].id not in imported, f"{path.name}:{node.lineno} setattr"
+
+
+# the methods whose signatures autograd fixes (one argument per input of the op)
+AUTOGRAD_METHODS = {"forward", "backward", "setup_context", "jvp", "vjp"}
+
+
+def test_no_function_takes_more_than_8_parameters():
+    """Constructors and autograd.Function methods aside (issue 22)."""
+    import ast
+
+    too_many = []
+    for path in _core_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            a = node.args
+            count = (len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                     + (a.vararg is not None) + (a.kwarg is not None))
+            name = getattr(node, "name", "<lambda>")
+            if count > 8 and name != "__init__" and name not in AUTOGRAD_METHODS:
+                too_many.append(f"{path.name}:{node.lineno} {name} ({count})")
+    assert not too_many
+
+
+def test_single_process_never_imports_the_sync():
+    """``import centerloss_ext`` and single-process steps of both CenterLoss classes, both
+    modes, training and eval, leave centerloss_ext.distributed unloaded (issue 22)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys, torch
+        import centerloss_ext
+        from centerloss_ext import reference
+        for cls in (centerloss_ext.CenterLoss, reference.CenterLoss):
+            for mode in ("alpha", "optimizer"):
+                crit = cls(4, 3, center_update=mode)
+                x = torch.randn(8, 3, requires_grad=True)
+                crit(x, torch.arange(8) % 4).backward()
+                assert x.grad is not None
+                crit.eval()
+                crit(x, torch.arange(8) % 4)
+                repr(crit), crit.process_group, crit.syncs_centers()
+        loaded = sorted(m for m in sys.modules if m.startswith("centerloss_ext"))
+        assert "centerloss_ext.distributed" not in sys.modules, loaded
+        assert "centerloss_ext.implementations" not in sys.modules, loaded
+        # still there on first use, as an attribute of the package
+        assert centerloss_ext.distributed.all_gather_batch
+        assert "centerloss_ext.distributed" in sys.modules
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_table_of_implementations_matches_the_classes():
+    from centerloss_ext import implementations, module, ops
+
+    assert implementations.IMPLEMENTATIONS[implementations.COMPILED] is ops
+    assert implementations.IMPLEMENTATIONS[implementations.REFERENCE] is reference
+    for cls in (CenterLoss, reference.CenterLoss):
+        functions = implementations.IMPLEMENTATIONS[cls._impl]
+        assert cls._center_loss is functions.center_loss
+        assert cls._center_loss_and_update_ is functions.center_loss_and_update_
+    assert module.ReferenceCenterLoss is reference.ReferenceCenterLoss is reference.CenterLoss
 
 
 def test_reference_module_is_the_reference_flavour_of_center_loss():
+    from centerloss_ext._module_base import CenterLossBase
+
     crit = reference.CenterLoss(4, 3, alpha=0.5)
-    assert isinstance(crit, CenterLoss)
+    # siblings on one base (reference.py cannot import the compiled CenterLoss)
+    assert isinstance(crit, CenterLossBase) and isinstance(CenterLoss(4, 3), CenterLossBase)
     x, y = torch.randn(16, 3), torch.arange(16) % 4
     torch.testing.assert_close(crit(x, y), reference.center_loss(x, y, torch.zeros(4, 3)))
     torch.testing.assert_close(crit.centers,
