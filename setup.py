@@ -145,8 +145,8 @@ setup(
     # pip install ".[bench]" / ".[train]" / ".[test]"; requirements.txt pins them all
     extras_require=EXTRAS,
     entry_points={"console_scripts": [
-        "centerloss-mnist = centerloss_ext.train.mnist:main",
-        "centerloss-faces = centerloss_ext.train.faces:main",
-        "centerloss-openset = centerloss_ext.train.openset:main",
+        "centerloss-mnist = centerloss_ext.train.mnist.cli:main",
+        "centerloss-faces = centerloss_ext.train.faces.cli:main",
+        "centerloss-openset = centerloss_ext.train.openset.cli:main",
     ]},
 )

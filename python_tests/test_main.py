@@ -33,6 +33,8 @@ def test_benchmark_and_training_take_machine_facts_from_the_package():
     root = pathlib.Path(__file__).resolve().parent.parent
     compare = (root / "bench" / "compare.py").read_text()
     assert "from centerloss_ext._machine import cpu_name" in compare
-    from centerloss_ext.train import common
+    import importlib
 
-    assert not hasattr(common, "cpu_name")
+    for name in ("errors", "cli", "runtime", "files", "loop"):
+        module = importlib.import_module(f"centerloss_ext.train.core.{name}")
+        assert not hasattr(module, "cpu_name"), name

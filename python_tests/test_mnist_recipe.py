@@ -1,22 +1,21 @@
-"""The LeNet++ recipe options of centerloss-mnist (train/mnist_recipe.py): BatchNorm,
+"""The LeNet++ recipe options of centerloss-mnist (train/mnist/recipe.py): BatchNorm,
 the one-cycle schedule (make demo's recipe), and optimizer-mode centers with the SGD rate
 that matches the alpha rule."""
 from __future__ import annotations
-
-import argparse
 
 import pytest
 import torch
 
 from centerloss_ext import CenterLoss
-from centerloss_ext.train import mnist, mnist_recipe, mnist_train
-from centerloss_ext.train.models import LeNetPlusPlus
+from centerloss_ext.train.mnist import recipe as mnist_recipe
+from centerloss_ext.train.mnist import train as mnist_train
+from centerloss_ext.train.mnist.model import LeNetPlusPlus
 
 from test_train_mnist import _run, idx_dir, interrupt_second_epoch  # noqa: F401
 
 
 def opts(**kw):
-    return mnist.MnistOptions(**kw)
+    return mnist_recipe.MnistOptions(**kw)
 
 
 def test_batch_norm_model_keeps_the_plain_models_layer_numbers():

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from centerloss_ext.train import mnist, mnist_train, openset
-from centerloss_ext.train import openset_eval as oe
-from centerloss_ext.train.common import TrainingError
+from centerloss_ext.train.core.errors import TrainingError
+from centerloss_ext.train.mnist import train as mnist_train
+from centerloss_ext.train.openset import cli as openset
+from centerloss_ext.train.openset import protocol as oe
 
 
 def _write_idx(path, array: np.ndarray) -> None:
@@ -32,7 +33,7 @@ EXPLICIT = ("1,3,5,7", "Trouser,Pullover,Sandal,Bag")       # 1,2,5,8
 
 @pytest.fixture(autouse=True, scope="module")
 def _keep_sigint():
-    """main() installs the command line's Ctrl-C handler (common.run_cli): put Python's
+    """main() installs the command line's Ctrl-C handler (core.cli.run_cli): put Python's
     back for the tests that follow."""
     before = signal.getsignal(signal.SIGINT)
     yield
@@ -177,8 +178,8 @@ def test_refuses_a_non_empty_out_and_overwrites(run, idx_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "not empty" in err and "--overwrite" in err
     (out / "notes.txt").write_text("mine")
-    from centerloss_ext.train.common import check_output_folder
-    check_output_folder(out, openset.OUTPUTS, overwrite=True, log=lambda s: None)
+    from centerloss_ext.train.core.files import check_output_folder
+    check_output_folder(out, oe.OUTPUTS, overwrite=True, log=lambda s: None)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]    # only the run's files
 
 

@@ -4,7 +4,6 @@ output folders never mix two runs; Ctrl-C keeps a consistent checkpoint and prin
 command that resumes; a failed run leaves no empty folder; --help says what is true."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,8 +13,11 @@ import time
 import pytest
 import torch
 
-from centerloss_ext.train import faces, faces_train, mnist, plots
-from centerloss_ext.train.synthetic import make_synthetic_faces
+from centerloss_ext.train.core import plots
+from centerloss_ext.train.faces import cli as faces
+from centerloss_ext.train.faces import train as faces_train
+from centerloss_ext.train.faces.synthetic import make_synthetic_faces
+from centerloss_ext.train.mnist import cli as mnist
 
 FAST = ["--arch", "compact", "--image-size", "32", "--feature-dim", "32", "--batch-size",
         "16", "--workers", "0", "--no-progress", "--device", "cpu"]

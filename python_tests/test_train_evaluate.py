@@ -1,4 +1,4 @@
-"""The evaluation measures of centerloss_ext.train.evaluate, on hand-checkable data."""
+"""The evaluation measures of centerloss_ext.train.core.metrics, on hand-checkable data."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from centerloss_ext.train import evaluate as ev
+from centerloss_ext.train.core import metrics as ev
 
 
 def test_knn_accuracy_votes_and_breaks_ties_by_distance():

@@ -11,7 +11,7 @@ HIDE_TQDM = ("import sys, runpy; sys.modules['tqdm'] = None; sys.argv[0] = 'x'; 
              "runpy.run_module('centerloss_ext.train.{}', run_name='__main__')")
 
 
-@pytest.mark.parametrize("module", ["mnist", "faces"])
+@pytest.mark.parametrize("module", ["mnist", "faces", "openset"])
 def test_missing_train_package_is_one_line(module, tmp_path):
     out = subprocess.run([sys.executable, "-c", HIDE_TQDM.format(module), "--help"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -23,7 +23,7 @@ def test_missing_train_package_is_one_line(module, tmp_path):
 
 def test_imported_as_a_library_it_raises():
     code = ("import sys; sys.modules['tqdm'] = None\n"
-            "try:\n    import centerloss_ext.train.mnist\nexcept ImportError as e:\n"
+            "try:\n    import centerloss_ext.train.mnist.cli\nexcept ImportError as e:\n"
             "    print('ImportError:', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)

@@ -3,6 +3,7 @@ tree: train -> eval -> embed -> identify end to end on the CPU, the label mappin
 and the refusals (malformed folders, --num-classes mismatch, a non-finite loss)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -10,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from centerloss_ext.train import faces, faces_train
-from centerloss_ext.train.common import DataError
-from centerloss_ext.train.faces_enroll import load_embeddings
-from centerloss_ext.train.faces_model import FaceNet
-from centerloss_ext.train.folders import load_face_folders
-from centerloss_ext.train.synthetic import make_synthetic_faces
+from centerloss_ext.train.core.errors import DataError
+from centerloss_ext.train.faces import cli as faces
+from centerloss_ext.train.faces import train as faces_train
+from centerloss_ext.train.faces.data import load_face_folders
+from centerloss_ext.train.faces.enroll import load_embeddings
+from centerloss_ext.train.faces.model import FaceNet
+from centerloss_ext.train.faces.synthetic import make_synthetic_faces
 
 FAST = ["--arch", "compact", "--image-size", "32", "--feature-dim", "32", "--batch-size",
         "16", "--workers", "0", "--no-progress", "--device", "cpu"]
@@ -116,12 +118,12 @@ def test_an_untrained_network_is_far_from_perfect(tree, trained):
     Before the identities were made harder, an untrained network already scored 1.0, so
     these tests could not catch a broken training step."""
     from centerloss_ext import CenterLoss
-    from centerloss_ext.train.faces_eval import evaluate
+    from centerloss_ext.train.faces.evaluate import Extraction, evaluate
 
     torch.manual_seed(0)
     model = FaceNet(6, 32, "compact", 32, 0.2).eval()
-    untrained, _ = evaluate(model, CenterLoss(6, 32), load_face_folders(tree), 32,
-                            torch.device("cpu"), None, 16, 0)
+    untrained, _ = evaluate(model, CenterLoss(6, 32), load_face_folders(tree),
+                            Extraction(32, torch.device("cpu"), None, 16, 0))
     final = trained[1]["final"]
     assert untrained["val_knn1_acc"] <= 0.6
     assert final["val_knn1_acc"] >= untrained["val_knn1_acc"] + 0.25
@@ -148,7 +150,7 @@ def test_open_set_measures_need_two_unseen_identities(tree, trained, tmp_path):
 
 def test_unseen_metrics_on_hand_made_features():
     """1-NN against each identity's first image, and pairs among these images only."""
-    from centerloss_ext.train.faces_eval import unseen_metrics
+    from centerloss_ext.train.faces.evaluate import unseen_metrics
 
     e = torch.eye(3)
     feats = torch.stack([e[0], 2 * e[0], e[0] + 0.1 * e[1],      # identity 7
@@ -169,7 +171,7 @@ def test_identify_answers_unknown_at_a_false_accept_rate(tree, trained, tmp_path
     is then "unknown" rather than named after its nearest enrolled identity, and the
     enrolled identities' own val/ images are still named. Measured (seed 0): threshold
     0.39 at FAR 1e-3; id_005's best scores -0.04..0.29; 20 of 20 known queries named."""
-    from centerloss_ext.train.faces_enroll import far_threshold, identity_templates
+    from centerloss_ext.train.faces.enroll import far_threshold, identity_templates
 
     out = trained[0]
     five = shutil.copytree(tree / "train", tmp_path / "five")
@@ -215,10 +217,10 @@ def test_resume_after_an_interruption_matches_a_straight_run(tree, tmp_path, mon
     faces.main(["train", "--out", str(tmp_path / "a"), *args])
     real = faces_train.train_one_epoch
 
-    def interrupted(*a, **k):
-        if k["epoch"] == 1:                            # the second epoch
+    def interrupted(run, epoch):
+        if epoch == 1:                                 # the second epoch
             raise KeyboardInterrupt
-        return real(*a, **k)
+        return real(run, epoch)
 
     monkeypatch.setattr(faces_train, "train_one_epoch", interrupted)
     with pytest.raises(SystemExit) as e:                 # Ctrl-C: one line, status 130
@@ -282,13 +284,12 @@ def test_one_host_read_back_per_log_interval(tree, tmp_path, monkeypatch):
     per_epoch, steps = [], []
     real_epoch = faces_train.train_one_epoch
 
-    def counted_epoch(*a, **k):
-        a = list(a)
-        a[5] = DataLoadingNotCounted(a[5])
-        steps.append(len(a[5]))
+    def counted_epoch(run, epoch):
+        run = dataclasses.replace(run, loader=DataLoadingNotCounted(run.loader))
+        steps.append(len(run.loader))
         state["count"] = 0
         try:
-            return real_epoch(*a, **k)
+            return real_epoch(run, epoch)
         finally:
             state["on"] = False
             per_epoch.append(state["count"])

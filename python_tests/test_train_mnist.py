@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from centerloss_ext.train import idx as tdata
-from centerloss_ext.train import mnist, mnist_recipe, mnist_train
-from centerloss_ext.train import loop
-from centerloss_ext.train.common import DataError, NonFiniteLossError
-from centerloss_ext.train.models import LeNetPlusPlus
+from centerloss_ext.train.core import loop
+from centerloss_ext.train.core.errors import DataError, NonFiniteLossError
+from centerloss_ext.train.mnist import cli as mnist
+from centerloss_ext.train.mnist import data as tdata
+from centerloss_ext.train.mnist import recipe as mnist_recipe
+from centerloss_ext.train.mnist import train as mnist_train
+from centerloss_ext.train.mnist.model import LeNetPlusPlus
 
 
 def _write_idx(path, array: np.ndarray, compress: bool) -> None:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from centerloss_ext import CenterLoss, reference
-from centerloss_ext.train import loop
-from centerloss_ext.train.common import NonFiniteLossError
+from centerloss_ext.train.core import loop
+from centerloss_ext.train.core.errors import NonFiniteLossError
 
 C, D, B = 5, 3, 12
 

@@ -1,4 +1,4 @@
-"""Ctrl-C with data-loading worker processes (centerloss_ext/train/workers.py): the
+"""Ctrl-C with data-loading worker processes (centerloss_ext/train/core/workers.py): the
 workers ignore it, the main process holds it back while it starts or stops them, and the
 iterator stops them when the loop ends; a real SIGINT to the process group, landing
 anywhere in a loop that starts and stops workers all the time, ends the run with exactly
@@ -15,9 +15,9 @@ import time
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from centerloss_ext.train.workers import WorkerBatches, WorkerSafeLoader, sigint_held_back
+from centerloss_ext.train.core.workers import WorkerBatches, WorkerSafeLoader, sigint_held_back
 
 
 class Numbers(Dataset):
@@ -99,8 +99,8 @@ CHILD = textwrap.dedent("""
     import sys, time
     import torch
     from torch.utils.data import DataLoader, Dataset
-    from centerloss_ext.train.common import run_cli
-    from centerloss_ext.train.workers import WorkerSafeLoader
+    from centerloss_ext.train.core.cli import run_cli
+    from centerloss_ext.train.core.workers import WorkerSafeLoader
 
     class Slow(Dataset):
         def __len__(self):

@@ -5,9 +5,9 @@ after each run: --resume skips the rows already there) and heatmaps.png.
     python scripts/sweep_lambda_alpha.py --out runs/sweep          # the grid in docs/
     python scripts/sweep_lambda_alpha.py --lambdas 0.1 --alphas 0.5 --modes alpha
 
-Each run is the centerloss-mnist training step (mnist_train.train_epoch, the recipe of
-mnist_recipe.build) with the options below; optimizer mode learns the centers by SGD at
-the rate that moves a class of average count as far as α would (mnist_recipe.center_lr),
+Each run is the centerloss-mnist training step (mnist.train.train_epoch, the recipe of
+mnist.recipe.build) with the options below; optimizer mode learns the centers by SGD at
+the rate that moves a class of average count as far as α would (mnist.recipe.center_lr),
 so α means the same step size in both modes. A softmax-only run (λ = 0) is the reference.
 """
 from __future__ import annotations
@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from centerloss_ext.train import mnist, mnist_train
-from centerloss_ext.train.common import seed_everything, write_json
-from centerloss_ext.train.idx import load_mnist_like, to_unit_range
-from centerloss_ext.train.mnist_recipe import build
+from centerloss_ext.train.core.files import write_json
+from centerloss_ext.train.core.runtime import seed_everything
+from centerloss_ext.train.mnist import train as mnist_train
+from centerloss_ext.train.mnist.data import load_mnist_like, to_unit_range
+from centerloss_ext.train.mnist.recipe import MnistOptions, build
 
 
 def floats(text: str):
@@ -52,7 +53,7 @@ def parse_args(argv=None):
 
 
 def one_run(args, data, images, labels, test_images, lam, alpha, mode):
-    opts = mnist.MnistOptions(
+    opts = MnistOptions(
         feature_dim=args.feature_dim, epochs=args.epochs, lr=args.lr,
         lr_schedule=args.lr_schedule, batch_norm=not args.no_batch_norm,
         center_loss_weight=lam, alpha=alpha, center_update=mode, seed=args.seed,
@@ -65,7 +66,8 @@ def one_run(args, data, images, labels, test_images, lam, alpha, mode):
     for epoch in range(opts.epochs):
         train = mnist_train.train_epoch(recipe, images, labels, opts, epoch, device)
         seconds += train.pop("seconds")
-    test, _ = mnist.evaluate_test(recipe.model, recipe.center_loss, data, test_images, device)
+    test, _ = mnist_train.evaluate_test(recipe.model, recipe.center_loss, data, test_images,
+                                        device)
     return {"lambda": lam, "alpha": alpha, "mode": mode, "train_seconds": round(seconds, 1),
             "train_loss": train["train_loss"], **test}
 

@@ -9,30 +9,48 @@
     python -m centerloss_ext.train.openset (console: centerloss-openset) softmax only vs
         center loss on Fashion-MNIST classes held out of training (`make openset`).
 
-One module per job; only the command-line modules (mnist, faces, openset, synthetic) parse
-command lines, everything else takes plain parameters or small dataclasses:
-    faces          the centerloss-faces command line, nothing else
-    faces_train    `train`: TrainOptions, train_one_epoch, train()
-    faces_eval     `eval` and the val/ evaluation: EvalOptions, evaluate(), eval_checkpoint()
-    faces_enroll   `embed` / `identify`: embed_images, embeddings files, templates
-    faces_split    `split`: split_identity_folder
-    faces_model    FaceNet, Runtime (device, batch, workers, amp), checkpoint loading
-    mnist          centerloss-mnist: MnistOptions and the LeNet++ run
-    mnist_recipe   LeNet++'s recipe: network, center loss, optimizers, schedule, --amp
-    mnist_train    one training epoch of that recipe (mnist, openset and the λ/α sweep)
-    openset        centerloss-openset: the command line and metrics.json
-    openset_eval   class splits, training per split and method, held-out measures
-    loop           the shared skeleton: RunningStats (on-device statistics, one host
-                   read-back per log interval), resume, checkpoint_state, run_record
-    common         errors, seeding, devices, atomic writes, the CLI's error handling
-    models         LeNet++
-    idx            Fashion-MNIST / MNIST: the IDX reader, torchvision fallback
-    folders        identity folders (val/ uses train/'s labels), images, loaders
-    workers        loader workers that ignore Ctrl-C; started/stopped with it held back
-    evaluate       feature measures: k-NN / nearest-center accuracy, intra/inter, verification
-    plots          feature scatter with centers, curves, GIF, ROC (matplotlib, Agg backend)
-    synthetic      a tiny generated face-like ImageFolder for tests and smoke runs
-    ddp            torchrun: process group, DDP wrapping, rank-0 duties, cross-rank checks
+One folder per job, and a small core they share. Only a job's ``cli`` parses a command
+line (and checks the optional packages first); everything else takes plain parameters,
+an options dataclass, or the run's context (``Run``: what a run's epochs work on). A job
+never imports another job's command line; openset reuses mnist's data, recipe and
+training step.
+
+    core/
+      errors      TrainingError, DataError, NonFiniteLossError, Interrupted, first_line
+      cli         the optional-packages check (require), run_cli (one-line errors, Ctrl-C
+                  and the resume command), HelpFormatter, the argparse value types
+      runtime     seeding, --device resolution
+      files       output folders (--overwrite, no empty folder left), atomic checkpoint
+                  and JSON writes, checkpoint loading
+      loop        the training skeleton: RunningStats (on-device statistics, one host
+                  read-back per log interval), resume, checkpoint_state, run_record
+      metrics     feature measures: k-NN / nearest-center accuracy, intra/inter,
+                  verification
+      plots       feature scatter with centers, curves, GIF, ROC (matplotlib, Agg backend)
+      workers     loader workers that ignore Ctrl-C; started/stopped with it held back
+      ddp         torchrun: process group, DDP wrapping, rank-0 duties, cross-rank checks
+    mnist/        centerloss-mnist
+      data        Fashion-MNIST / MNIST: the IDX reader, torchvision fallback
+      model       LeNet++
+      recipe      MnistOptions and LeNet++'s recipe: network, center loss, optimizers,
+                  schedule, augmentation, --amp
+      train       train_epoch (mnist, openset and the λ/α sweep), the test-set measures,
+                  the run
+      cli         the command line
+    faces/        centerloss-faces
+      data        identity folders (val/ uses train/'s labels), images, loaders
+      model       FaceNet, Runtime (device, batch, workers, amp), checkpoint loading
+      train       `train`: TrainOptions, train_one_epoch, train()
+      evaluate    `eval` and the val/ evaluation: EvalOptions, evaluate(), eval_checkpoint()
+      enroll      `embed` / `identify`: embeddings files, templates
+      split       `split`: split_identity_folder
+      synthetic   a tiny generated face-like ImageFolder for tests and smoke runs
+      cli         the command line, nothing else
+    openset/      centerloss-openset
+      protocol    class splits, training per split and method, held-out measures, summary,
+                  the run
+      cli         the command line
+    synthetic     `python -m centerloss_ext.train.synthetic`: runs faces.synthetic
 
 Nothing here is imported by `import centerloss_ext`, so the package itself stays light
 (no matplotlib or scikit-learn at import).

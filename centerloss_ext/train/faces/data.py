@@ -12,8 +12,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .common import DataError
-from .workers import WorkerSafeLoader
+from ..core.errors import DataError
+from ..core.workers import WorkerSafeLoader
 
 
 def _image_extensions() -> Tuple[str, ...]:
@@ -182,7 +182,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int,
                 drop_last: bool = False,
                 sampler: Optional[DistributedSampler] = None) -> DataLoader:
     """One place for loaders; under torchrun a DistributedSampler gives each rank its share
-    (and does the shuffling). Its workers survive a Ctrl-C whole (see ``workers``)."""
+    (and does the shuffling). Its workers survive a Ctrl-C whole (see ``core.workers``)."""
     return WorkerSafeLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
                       drop_last=drop_last, generator=generator, persistent_workers=False)

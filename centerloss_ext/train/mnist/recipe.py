@@ -1,22 +1,57 @@
-"""The LeNet++ recipe of centerloss-mnist: network, center loss, optimizers, learning-rate
-schedule and augmentation, built from the run's options (mnist.MnistOptions or anything
-with the same attributes; the open-set protocol uses it too)."""
+"""The LeNet++ recipe of centerloss-mnist: the run's options (MnistOptions, which the
+open-set protocol and the λ/α sweep reuse), and the network, center loss, optimizers,
+learning-rate schedule and augmentation built from them (from MnistOptions or anything
+with the same attributes)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 
-from .. import CenterLoss
-from .common import TrainingError
-from .models import LeNetPlusPlus
+from ... import CenterLoss
+from ..core.errors import TrainingError
+from ..core.loop import LOG_EVERY
+from .model import LeNetPlusPlus
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 AMP_CHOICES = ("off", "bf16", "auto")
 ONECYCLE_WARMUP = 0.25          # fraction of the steps spent raising the learning rate
+
+
+@dataclass
+class MnistOptions:
+    """Everything a run takes (the command line's options, same names)."""
+    dataset: str = "fashion-mnist"
+    data: Optional[str] = None
+    download: bool = False
+    out: str = "runs/mnist"
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    augment: bool = False
+    batch_norm: bool = False
+    amp: str = "off"
+    center_loss_weight: float = 0.1
+    alpha: float = 0.5
+    center_update: str = "alpha"
+    center_lr: Optional[float] = None
+    feature_dim: int = 2
+    device: str = "cpu"
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    limit_train: Optional[int] = None
+    no_progress: bool = False
+    log_every: int = LOG_EVERY               # not a command-line option; not recorded
+
+    def record(self) -> Dict[str, Any]:
+        """The options as metrics.json records them (the command line's keys)."""
+        return {k: v for k, v in asdict(self).items() if k != "log_every"}
 
 
 @dataclass

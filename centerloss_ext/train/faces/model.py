@@ -14,8 +14,10 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import CenterLoss
-from .common import TrainingError, load_checkpoint, resolve_device
+from ... import CenterLoss
+from ..core.errors import TrainingError
+from ..core.files import load_checkpoint
+from ..core.runtime import resolve_device
 
 PROG = "centerloss-faces"
 CHECKPOINT_KIND = "centerloss_ext.faces"

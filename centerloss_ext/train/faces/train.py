@@ -1,7 +1,10 @@
 """`centerloss-faces train`: softmax + λ·center loss on ``DIR/train``, evaluated on
 ``DIR/val``, one checkpoint and metrics.json per epoch (``resume`` continues exactly).
 Under torchrun every rank trains on its share of train/ (DDP for the model, CenterLoss
-syncing the centers); rank 0 logs, evaluates and saves."""
+syncing the centers); rank 0 logs, evaluates and saves.
+
+Top to bottom: TrainOptions, build_training, Run (what the epochs work on),
+train_one_epoch, train (the job), the epoch (train, then evaluate on val/ when due)."""
 from __future__ import annotations
 
 import math
@@ -15,15 +18,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .. import CenterLoss
-from .._machine import environment
-from . import ddp, loop, plots
-from .common import (check_output_folder, is_interrupt, output_folder, save_checkpoint, seed_everything,
-                     write_json)
-from .faces_eval import EvalOptions, evaluate, summary
-from .faces_model import (CHECKPOINT_KIND, DEFAULT_WORKERS, MODEL_KEYS, PROG, amp_dtype,
-                          build_model)
-from .folders import FaceFolders, ImageListDataset, face_transforms, load_face_folders, make_loader
+from ... import CenterLoss
+from ..._machine import environment
+from ..core import ddp, loop, plots
+from ..core.cli import is_interrupt
+from ..core.files import check_output_folder, output_folder, save_checkpoint, write_json
+from ..core.runtime import seed_everything
+from .data import FaceFolders, ImageListDataset, face_transforms, load_face_folders, make_loader
+from .evaluate import EvalOptions, Extraction, evaluate, summary
+from .model import (CHECKPOINT_KIND, DEFAULT_WORKERS, MODEL_KEYS, PROG, FaceNet, amp_dtype,
+                    build_model)
 
 # options that define a run: resuming with other values would mix two runs
 RUN_KEYS = MODEL_KEYS + ("optimizer", "lr", "momentum", "weight_decay", "scheduler",
@@ -114,22 +118,55 @@ def build_training(opts: TrainOptions, num_classes: int, steps_per_epoch: int,
     return model, center_loss, optimizer, scheduler
 
 
-def train_one_epoch(model: torch.nn.Module, center_loss: CenterLoss, optimizer, scheduler,
-                    scaler, loader: DataLoader, *, epoch: int, epochs: int,
-                    device: torch.device, autocast: Optional[torch.dtype],
-                    center_loss_weight: float, clip_grad_norm: float,
-                    show_progress: bool = True, ranks: ddp.Ranks = ddp.Ranks(),
-                    log_every: int = loop.LOG_EVERY) -> Dict[str, float]:
-    """One pass over ``loader``; returns epoch means (over every rank's share under
-    torchrun). The statistics stay on the device and are read back once per
-    ``log_every`` steps, which is also when a non-finite loss stops the run (on every
-    rank at once), naming the step where it first happened."""
+@dataclass
+class Run:
+    """What a `train` run's epochs work on: the options; ``model``, the network as it
+    trains (under DDP with torchrun) and ``net``, the bare network that is saved and
+    evaluated; the center loss, optimizer, per-step scheduler and gradient scaler; the
+    training loader with its sampler (torchrun) and generator (order, augmentations); the
+    folders; the device, autocast dtype and ranks; where the run stands; the output
+    folder."""
+    opts: TrainOptions
+    model: torch.nn.Module
+    net: FaceNet
+    center_loss: CenterLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loader: DataLoader
+    sampler: Optional[DistributedSampler]
+    generator: torch.Generator
+    folders: FaceFolders
+    device: torch.device
+    autocast: Optional[torch.dtype]
+    ranks: ddp.Ranks
+    progress: loop.Progress
+    out: Path
+
+    def extraction(self) -> Extraction:
+        """How evaluation embeds the val/ and gallery images."""
+        return Extraction(self.opts.image_size, self.device, self.autocast,
+                          self.opts.batch_size, self.opts.workers)
+
+    def eval_options(self) -> EvalOptions:
+        return EvalOptions(self.opts.gallery_per_class, self.opts.max_pairs, self.opts.seed)
+
+
+def train_one_epoch(run: Run, epoch: int) -> Dict[str, float]:
+    """One pass over the run's loader in (0-based) ``epoch``; returns epoch means (over
+    every rank's share under torchrun). The statistics stay on the device and are read
+    back once per ``log_every`` steps, which is also when a non-finite loss stops the run
+    (on every rank at once), naming the step where it first happened."""
+    opts, device, autocast = run.opts, run.device, run.autocast
+    model, center_loss, optimizer, scaler = run.model, run.center_loss, run.optimizer, run.scaler
+    loader = run.loader
     model.train()
     center_loss.train()                          # alpha mode: the forward moves the centers
-    stats = loop.RunningStats(device, epoch, len(loader), log_every, ranks, NAN_HINT)
-    batches = iter(loader)               # WorkerBatches: see workers.py
-    bar = tqdm(batches, total=len(loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-               leave=False, disable=not show_progress, dynamic_ncols=True)
+    stats = loop.RunningStats(device, epoch, len(loader), opts.log_every, run.ranks, NAN_HINT)
+    batches = iter(loader)               # WorkerBatches: see core/workers.py
+    bar = tqdm(batches, total=len(loader), desc=f"epoch {epoch + 1}/{opts.epochs}",
+               unit="batch", leave=False, disable=not (run.ranks.main and not opts.no_progress),
+               dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
         for x, y in bar:
@@ -140,15 +177,15 @@ def train_one_epoch(model: torch.nn.Module, center_loss: CenterLoss, optimizer, 
                 features, logits = model(x)
             softmax = F.cross_entropy(logits.float(), y)
             center = center_loss(features.float(), y)
-            loss = softmax + center_loss_weight * center
+            loss = softmax + opts.center_loss_weight * center
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if clip_grad_norm > 0:
+            if opts.clip_grad_norm > 0:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            run.scheduler.step()
             means = stats.add(loss, softmax, center, logits, y)
             if means is not None:
                 bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.4f}",
@@ -218,21 +255,20 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
         f"{opts.optimizer} lr {opts.lr:g}, on {device}"
         f"{f' x {ranks.world} ranks' if ranks.distributed else ''}"
         f"{f' with {autocast}'.replace('torch.', '') if autocast else ''} -> {out}")
-    eval_options = EvalOptions(opts.gallery_per_class, opts.max_pairs, opts.seed)
+    run = Run(opts, model, net, center_loss, optimizer, scheduler, scaler, loader, sampler,
+              generator, folders, device, autocast, ranks, progress, out)
 
     def save() -> None:
         save_checkpoint(ckpt_path, loop.checkpoint_state(
             config, progress, states, kind=CHECKPOINT_KIND,
             model_config={k: getattr(opts, k) for k in MODEL_KEYS},
             class_names=folders.class_names))
-        write_json(out / "metrics.json", _record(opts, folders, device, progress.history, ranks))
+        write_json(out / "metrics.json", _record(run))
 
     saved = epoch = progress.epoch
     try:
         for epoch in range(progress.epoch, opts.epochs):
-            _epoch(opts, epoch, model, net, center_loss, optimizer, scheduler, scaler, loader,
-                   sampler, generator, folders, device, autocast, ranks, progress,
-                   eval_options, out)
+            _epoch(run, epoch)
             if ranks.main:
                 save()
                 saved = progress.epoch
@@ -250,32 +286,25 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
     plots.training_curves(out / "curves.png", progress.history,
                           accuracy_keys=("train_acc", "val_knn1_acc", "val_softmax_acc",
                                          "val_roc_auc"))
-    result = _record(opts, folders, device, progress.history, ranks)
+    result = _record(run)
     write_json(out / "metrics.json", result)
     print(f"wrote {out}/: checkpoint.pt, metrics.json, curves.png, roc.png")
     return result
 
 
-def _epoch(opts: TrainOptions, epoch: int, model, net, center_loss, optimizer, scheduler,
-           scaler, loader, sampler, generator, folders: FaceFolders, device: torch.device,
-           autocast, ranks: ddp.Ranks, progress: loop.Progress, eval_options: EvalOptions,
-           out: Path) -> None:
+def _epoch(run: Run, epoch: int) -> None:
     """One epoch: train, then on rank 0 evaluate when due; the epoch's row joins the
     history as soon as its training is done (so a checkpoint saved then is consistent)."""
+    opts, ranks, progress = run.opts, run.ranks, run.progress
     epoch_seed = opts.seed * 100_003 + epoch      # same order and augmentations on resume
     torch.manual_seed(epoch_seed + ranks.rank)   # each rank its own augmentations
-    generator.manual_seed(epoch_seed)
-    if sampler is not None:
-        sampler.set_epoch(epoch)
+    run.generator.manual_seed(epoch_seed)
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
     t0 = time.perf_counter()
-    row: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-    row.update(train_one_epoch(
-        model, center_loss, optimizer, scheduler, scaler, loader, epoch=epoch,
-        epochs=opts.epochs, device=device, autocast=autocast,
-        center_loss_weight=opts.center_loss_weight, clip_grad_norm=opts.clip_grad_norm,
-        show_progress=ranks.main and not opts.no_progress, ranks=ranks,
-        log_every=opts.log_every))
-    ddp.check_same_centers(center_loss.centers, ranks)
+    row: Dict[str, Any] = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
+    row.update(train_one_epoch(run, epoch))
+    ddp.check_same_centers(run.center_loss.centers, ranks)
     progress.train_seconds += time.perf_counter() - t0
     row["train_seconds"] = round(progress.train_seconds, 1)
     progress.history.append(row)
@@ -283,21 +312,23 @@ def _epoch(opts: TrainOptions, epoch: int, model, net, center_loss, optimizer, s
     if not ranks.main:                       # rank 0 evaluates and saves
         return
     if (epoch + 1) % opts.eval_every == 0 or epoch + 1 == opts.epochs:
-        metrics, roc = evaluate(net, center_loss, folders, opts.image_size, device,
-                                autocast, opts.batch_size, opts.workers, eval_options)
+        metrics, roc = evaluate(run.net, run.center_loss, run.folders, run.extraction(),
+                                run.eval_options())
         row.update(metrics)
         if roc is not None:
-            plots.roc_plot(out / "roc.png", roc["fpr"], roc["tpr"],
+            plots.roc_plot(run.out / "roc.png", roc["fpr"], roc["tpr"],
                            f"val/ verification, epoch {epoch + 1}: AUC "
                            f"{metrics['val_roc_auc']:.4f}")
     tqdm.write(f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  train acc "
                f"{row['train_acc']:.4f}  {summary(row)}  ({progress.train_seconds:.0f} s)")
 
 
-def _record(opts: TrainOptions, folders: FaceFolders, device: torch.device,
-            history: List[Dict[str, Any]], ranks: ddp.Ranks) -> Dict[str, Any]:
+def _record(run: Run) -> Dict[str, Any]:
+    """metrics.json: the options, where it ran, the last evaluated row and every row."""
+    history = run.progress.history
     evaluated = [h for h in history if "val_images" in h]
-    return loop.run_record(opts.record(), {**environment(device), "world_size": ranks.world},
+    return loop.run_record(run.opts.record(),
+                           {**environment(run.device), "world_size": run.ranks.world},
                            history, evaluated[-1] if evaluated else None,
-                           identities=folders.num_classes,
-                           unseen_val_identities=folders.val.unseen)
+                           identities=run.folders.num_classes,
+                           unseen_val_identities=run.folders.val.unseen)

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .common import TrainingError, resolve_device
+from .errors import TrainingError
+from .runtime import resolve_device
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ options.
 """
 from __future__ import annotations
 
-from .extras import require as _require_extras
+from ..core.cli import require as _require_extras
 
 # before the first import of an optional package: a missing one is one line, not a traceback
 _require_extras("centerloss-faces", __name__)
@@ -30,13 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .common import (HelpFormatter, alpha_value, bounded, device_name, non_negative_float,
-                     non_negative_int, positive_float, positive_int, run_cli)
-from .faces_enroll import embed_folder, identify, print_identities
-from .faces_eval import EvalOptions, eval_checkpoint
-from .faces_model import FACE_ARCHS, PROG, Runtime
-from .faces_split import split_identity_folder
-from .faces_train import TrainOptions, train
+from ..core.cli import (HelpFormatter, alpha_value, bounded, device_name, non_negative_float,
+                        non_negative_int, positive_float, positive_int, run_cli)
+from .enroll import embed_folder, identify, print_identities
+from .evaluate import EvalOptions, eval_checkpoint
+from .model import FACE_ARCHS, PROG, Runtime
+from .split import split_identity_folder
+from .train import TrainOptions, train
 
 T, R, E = TrainOptions, Runtime, EvalOptions      # the defaults live in the jobs' options
 
@@ -201,7 +201,3 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
 # how the resume hint after Ctrl-C spells the command: the console script when run as one
 _COMMAND = (PROG if Path(sys.argv[0]).name == PROG
             else "python -m centerloss_ext.train.faces")
-
-
-if __name__ == "__main__":
-    main()

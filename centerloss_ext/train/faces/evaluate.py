@@ -14,13 +14,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .. import CenterLoss
-from . import plots
-from .common import write_json
-from .evaluate import (extract_features, knn_accuracy, l2_normalize, nearest_center_accuracy,
-                       pair_similarities, verification_metrics, verification_pairs)
-from .faces_model import FaceNet, Runtime, load_face_model
-from .folders import FaceFolders, ImageListDataset, face_transforms, load_face_folders, make_loader
+from ... import CenterLoss
+from ..core import plots
+from ..core.files import write_json
+from ..core.metrics import (extract_features, knn_accuracy, l2_normalize,
+                            nearest_center_accuracy, pair_similarities, verification_metrics,
+                            verification_pairs)
+from .data import FaceFolders, ImageListDataset, face_transforms, load_face_folders, make_loader
+from .model import FaceNet, Runtime, load_face_model
 
 KNN_KS = (1, 5)
 
@@ -35,17 +36,36 @@ class EvalOptions:
     seed: int = 0
 
 
-def features(model: FaceNet, samples: Sequence[Tuple[Path, int]], image_size: int,
-             device: torch.device, autocast: Optional[torch.dtype], batch_size: int,
-             workers: int, with_logits: bool = False):
+@dataclass(frozen=True)
+class Extraction:
+    """How a faces job turns images into features: the network's image size, the device,
+    the autocast dtype (None: full precision), images per batch and data-loading
+    processes."""
+    image_size: int
+    device: torch.device
+    autocast: Optional[torch.dtype]
+    batch_size: int
+    workers: int
+
+
+def checkpoint_extraction(ckpt: Dict[str, Any], device: torch.device,
+                          autocast: Optional[torch.dtype], runtime: Runtime) -> Extraction:
+    """How the jobs that load a `train` checkpoint (eval, embed, identify) embed images:
+    at its model's image size, on the resolved device and autocast of ``runtime``."""
+    return Extraction(ckpt["model_config"]["image_size"], device, autocast,
+                      runtime.batch_size, runtime.workers)
+
+
+def features(model: FaceNet, samples: Sequence[Tuple[Path, int]], how: Extraction,
+             with_logits: bool = False):
     """Features (float32, CPU), labels and, ``with_logits``, the predicted classes of
     ``samples`` (path, label), in order."""
-    loader = make_loader(ImageListDataset(samples, face_transforms(image_size, train=False)),
-                         batch_size, False, workers, device)
+    loader = make_loader(ImageListDataset(samples, face_transforms(how.image_size, train=False)),
+                         how.batch_size, False, how.workers, how.device)
     with contextlib.closing(iter(loader)) as batches:     # the workers stop here, always
-        return extract_features(model.embed, batches, device,
+        return extract_features(model.embed, batches, how.device,
                                 logits_fn=model.classifier if with_logits else None,
-                                autocast_dtype=autocast, channels_last=True)
+                                autocast_dtype=how.autocast, channels_last=True)
 
 
 def gallery_samples(folders: FaceFolders, per_class: int) -> List[Tuple[Path, int]]:
@@ -61,18 +81,15 @@ def gallery_samples(folders: FaceFolders, per_class: int) -> List[Tuple[Path, in
     return out
 
 
-def evaluate(model: FaceNet, center_loss: CenterLoss, folders: FaceFolders, image_size: int,
-             device: torch.device, autocast: Optional[torch.dtype], batch_size: int,
-             workers: int, options: EvalOptions = EvalOptions()
-             ) -> Tuple[Dict[str, Any], Optional[Dict]]:
+def evaluate(model: FaceNet, center_loss: CenterLoss, folders: FaceFolders, how: Extraction,
+             options: EvalOptions = EvalOptions()) -> Tuple[Dict[str, Any], Optional[Dict]]:
     """Identification and verification on val/; returns the metrics and the ROC curve."""
     model.eval()
     center_loss.eval()                          # evaluation must not move the centers
     num_classes = folders.num_classes
     g_feats, g_labels, _ = features(model, gallery_samples(folders, options.gallery_per_class),
-                                    image_size, device, autocast, batch_size, workers)
-    v_feats, v_labels, v_pred = features(model, folders.val.samples, image_size, device,
-                                         autocast, batch_size, workers, with_logits=True)
+                                    how)
+    v_feats, v_labels, v_pred = features(model, folders.val.samples, how, with_logits=True)
     seen = v_labels < num_classes
     metrics: Dict[str, Any] = {
         "val_images": len(v_labels), "val_images_seen": int(seen.sum()),
@@ -148,8 +165,8 @@ def eval_checkpoint(checkpoint: Path, input_dir: Path, out: Optional[Path] = Non
     device, autocast = runtime.resolve()
     model, center_loss, ckpt = load_face_model(checkpoint, device)
     folders = load_face_folders(input_dir, class_names=ckpt["class_names"])
-    metrics, roc = evaluate(model, center_loss, folders, ckpt["model_config"]["image_size"],
-                            device, autocast, runtime.batch_size, runtime.workers, options)
+    metrics, roc = evaluate(model, center_loss, folders,
+                            checkpoint_extraction(ckpt, device, autocast, runtime), options)
     out = Path(out) if out else checkpoint.parent
     out.mkdir(parents=True, exist_ok=True)
     if roc is not None:

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Dict, List
 
-from .common import DataError
-from .folders import scan_identity_folder
+from ..core.errors import DataError
+from .data import scan_identity_folder
 
 
 def split_identity_folder(source: Path, out: Path, val_fraction: float = 0.1,

@@ -1,4 +1,4 @@
-"""LeNet++, the paper's MNIST network (the face embedder is in ``faces_model``).
+"""LeNet++, the paper's MNIST network (the face embedder is in ``faces.model``).
 
 Like FaceNet it returns ``(features, logits)`` from ``forward`` and has ``embed(x)``; the
 classifier is a bias-free linear layer on the features, as in the paper, so the softmax
@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
+
 
 class LeNetPlusPlus(nn.Module):
     """LeNet++ (Wen et al. 2016, sec. 3.1): three stages of two 5×5 convolutions (32, 64,

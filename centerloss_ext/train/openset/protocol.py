@@ -1,6 +1,7 @@
-"""The open-set protocol of centerloss-openset (the command line is ``openset``): class
-splits, training LeNet++ on the seen classes with mnist's training step, and measuring the
-features of the classes it never saw with the evaluation code the faces pipeline uses.
+"""The open-set protocol of centerloss-openset (the command line is ``cli``): class
+splits, training LeNet++ on the seen classes with centerloss-mnist's training step,
+measuring the features of the classes it never saw with the measures the faces pipeline
+uses, the summary across splits, and the run that writes metrics.json and roc.png.
 
 A split holds out ``U`` of the ``C`` classes. The network trains on the other classes'
 training images (labels remapped to 0..S-1); it is judged on the held-out classes' test
@@ -12,16 +13,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import mnist, mnist_train
-from .common import TrainingError, seed_everything
-from .evaluate import (class_means, intra_inter_ratio, knn_accuracy, l2_normalize,
-                       nearest_center_accuracy, pair_similarities, same_nearest_share,
-                       spread_in_span, verification_metrics, verification_pairs)
-from .mnist_recipe import build
+from ..._machine import environment
+from ..core import plots
+from ..core.errors import TrainingError
+from ..core.files import check_output_folder, output_folder, write_json
+from ..core.metrics import (class_means, intra_inter_ratio, knn_accuracy, l2_normalize,
+                            nearest_center_accuracy, pair_similarities, same_nearest_share,
+                            spread_in_span, verification_metrics, verification_pairs)
+from ..core.runtime import resolve_device, seed_everything
+from ..mnist import train as mnist_train
+from ..mnist.data import DIGITS, FASHION_CLASSES, load_mnist_like, to_unit_range
+from ..mnist.recipe import MnistOptions, build, resolve_amp
+
+PROG = "centerloss-openset"
+OUTPUTS = ("metrics.json", "roc.png", "*.tmp")     # what --overwrite deletes, nothing else
+METHODS = ("softmax_only", "center_loss")
+DEFAULT_SPLITS, DEFAULT_UNSEEN = 3, 4
 
 FARS = (1e-3, 1e-2)
 # (key, label); the summary averages these and every other number of a method's metrics
@@ -131,7 +143,7 @@ def split_data(train_images: torch.Tensor, train_labels: torch.Tensor,
                      train_images[gallery], train_labels[gallery])
 
 
-def train(opts: mnist.MnistOptions, data: SplitData, device: torch.device):
+def train(opts: MnistOptions, data: SplitData, device: torch.device):
     """LeNet++ trained on the seen classes with mnist's training step (seeded the same way
     for every method: same initial network, same batch order); returns the recipe, the
     last epoch's training statistics and the training seconds."""
@@ -151,10 +163,12 @@ def evaluate(recipe, data: SplitData, device: torch.device, max_pairs: int,
              seed: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """The split's measures and the unseen classes' ROC curve (fpr, tpr)."""
     model, centers = recipe.model, recipe.center_loss.centers.detach()
-    seen_f, seen_y, seen_pred = mnist.features_of(model, data.seen_test_images,
-                                                  data.seen_test_labels, device)
-    probe_f, probe_y, _ = mnist.features_of(model, data.probe_images, data.probe_labels, device)
-    gal_f, gal_y, _ = mnist.features_of(model, data.gallery_images, data.gallery_labels, device)
+    seen_f, seen_y, seen_pred = mnist_train.features_of(model, data.seen_test_images,
+                                                        data.seen_test_labels, device)
+    probe_f, probe_y, _ = mnist_train.features_of(model, data.probe_images, data.probe_labels,
+                                                  device)
+    gal_f, gal_y, _ = mnist_train.features_of(model, data.gallery_images,
+                                              data.gallery_labels, device)
     i, j = verification_pairs(probe_y, max_pairs, seed)
     scores, same = pair_similarities(probe_f, i, j), probe_y[i] == probe_y[j]
     ver = verification_metrics(scores, same, FARS)
@@ -224,3 +238,103 @@ def table(summary: Dict[str, Any], methods: Sequence[str], labels: Sequence[str]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) if c == 0 else v.rjust(w)
                                for c, (v, w) in enumerate(zip(r, widths))) for r in rows)
+
+# ------------------------------------------------------------------ the run
+
+def resolve_splits(options: Dict[str, Any], class_names: Sequence[str]) -> List[Dict[str, Any]]:
+    """[{"seed": k or None, "unseen": [...]}] from --unseen, or from --splits/--unseen-classes."""
+    if options["unseen"]:
+        if options["splits"] is not None or options["unseen_classes"] is not None:
+            raise TrainingError("give either --unseen (explicit splits) or --splits/"
+                                "--unseen-classes (seeded ones), not both")
+        chosen = [parse_unseen(text, class_names) for text in options["unseen"]]
+        for k, held in enumerate(chosen):
+            if held in chosen[:k]:
+                raise TrainingError(f"--unseen {options['unseen'][k]}: the same split as an "
+                                    "earlier --unseen (splits must differ)")
+        return [{"seed": None, "unseen": held} for held in chosen]
+    return [{"seed": seed, "unseen": held} for seed, held in choose_splits(
+        len(class_names), options["unseen_classes"] or DEFAULT_UNSEEN,
+        options["splits"] or DEFAULT_SPLITS)]
+
+
+def _train_options(options: Dict[str, Any], weight: float) -> MnistOptions:
+    keys = ("dataset", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "augment",
+            "batch_norm", "amp", "alpha", "feature_dim", "device", "seed", "no_progress")
+    return MnistOptions(**{k: options[k] for k in keys}, center_loss_weight=weight,
+                        out=options["out"])
+
+
+def run(options: Dict[str, Any]) -> Dict[str, Any]:
+    """The whole protocol; ``options``: the command line's values (parse_args' names).
+    Returns metrics.json's content."""
+    class_names = FASHION_CLASSES if options["dataset"] == "fashion-mnist" else DIGITS
+    splits = resolve_splits(options, class_names)           # bad splits fail before data
+    device = resolve_device(options["device"])
+    options = {**options, "amp": resolve_amp(options["amp"], device)}   # bf16 or off
+    out = Path(options["out"])
+    check_output_folder(out, OUTPUTS, options["overwrite"])
+    with output_folder(out):
+        return _run(options, splits, device, out)
+
+
+def _run(options: Dict[str, Any], splits: List[Dict[str, Any]], device: torch.device,
+         out: Path) -> Dict[str, Any]:
+    data = load_mnist_like(options["dataset"], options["data"])
+    names = list(data.class_names)
+    train_images, test_images = to_unit_range(data.train_images), to_unit_range(data.test_images)
+    weights = {"softmax_only": 0.0, "center_loss": options["center_loss_weight"]}
+    tags = {"softmax_only": "softmax only",
+            "center_loss": f"softmax + {options['center_loss_weight']:g}·center loss "
+                           f"(α={options['alpha']:g})"}
+    print(f"{PROG}: {len(splits)} split(s) of {options['dataset']} ({data.source}), LeNet++ "
+          f"({options['feature_dim']}-D), {options['epochs']} epoch(s) per split and method, "
+          f"on {device} -> {out}")
+    record: Dict[str, Any] = {"options": dict(options), "environment": environment(device),
+                              "data": {"source": data.source, "classes": names},
+                              "methods": {m: {"center_loss_weight": weights[m],
+                                              "alpha": options["alpha"]} for m in METHODS},
+                              "complete": False, "splits": []}
+    panels = []
+    for k, split in enumerate(splits):
+        held = split["unseen"]
+        sd = split_data(train_images, data.train_labels, test_images, data.test_labels,
+                        len(names), held, options["limit_train"], options["gallery_per_class"])
+        entry = {"seed": split["seed"], "unseen": held, "seen": sd.seen,
+                 "unseen_names": [names[c] for c in held],
+                 "seen_names": [names[c] for c in sd.seen],
+                 "train_images": len(sd.train_images), "methods": {}}
+        print(f"split {k + 1}/{len(splits)}: unseen {', '.join(entry['unseen_names'])}; "
+              f"seen {', '.join(entry['seen_names'])} ({len(sd.train_images)} training "
+              f"images, {len(sd.probe_images)} unseen test images)")
+        curves = {}
+        for m in METHODS:
+            recipe, stats, seconds = train(_train_options(options, weights[m]), sd, device)
+            metrics, roc = evaluate(recipe, sd, device, options["max_pairs"], options["seed"])
+            metrics.update({"train_seconds": round(seconds, 1), **stats})
+            entry["methods"][m] = metrics
+            curves[tags[m]] = (roc["fpr"], roc["tpr"])
+            print(f"  {tags[m]:<34} " + _line(metrics))
+        record["splits"].append(entry)
+        panels.append((f"split {k + 1}: unseen {', '.join(entry['unseen_names'])}", curves))
+        write_json(out / "metrics.json", record)          # the splits so far
+    record["summary"] = summarize(record["splits"], METHODS)
+    record["complete"] = True
+    write_json(out / "metrics.json", record)
+    plots.roc_comparison(out / "roc.png", panels, FARS)
+    print(f"\nmean ± std over {len(splits)} split(s) (unseen = held-out classes' test images)")
+    print(table(record["summary"], METHODS, [tags[m] for m in METHODS]))
+    diffs = [d["unseen_tar@far=0.001"] for d in record["summary"]["center_minus_softmax"]]
+    print("center minus softmax, unseen TAR@FAR=1e-3 per split: "
+          + ", ".join("n/a" if d is None else f"{d:+.4f}" for d in diffs))
+    print(f"wrote {out}/: metrics.json, roc.png")
+    return record
+
+
+def _line(m: Dict[str, Any]) -> str:
+    def f(v: Optional[float]) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+    return (f"TAR@FAR=1e-3 {f(m['unseen_tar@far=0.001'])}, TAR@FAR=1e-2 "
+            f"{f(m['unseen_tar@far=0.01'])}, AUC {f(m['unseen_roc_auc'])}, 1-NN "
+            f"{f(m['unseen_1nn_acc'])}; seen: softmax {f(m['seen_softmax_acc'])}, "
+            f"nearest-center {f(m['seen_nearest_center_acc'])}; {m['train_seconds']:.0f} s")

@@ -10,20 +10,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .common import TrainingError, first_line, note_outputs
-from .evaluate import l2_normalize
-from .faces_eval import features
-from .faces_model import FaceNet, Runtime, load_face_model
-from .folders import labelled_images
+from ..core.errors import TrainingError, first_line
+from ..core.files import note_outputs
+from ..core.metrics import l2_normalize
+from .data import labelled_images
+from .evaluate import Extraction, checkpoint_extraction, features
+from .model import FaceNet, Runtime, load_face_model
 
 
 @torch.no_grad()
-def embed_images(model: FaceNet, image_size: int, paths: Sequence[Path],
-                 device: torch.device, autocast: Optional[torch.dtype], batch_size: int,
-                 workers: int) -> torch.Tensor:
+def embed_images(model: FaceNet, paths: Sequence[Path], how: Extraction) -> torch.Tensor:
     """L2-normalised features of the images, in order."""
-    feats, _, _ = features(model, [(p, 0) for p in paths], image_size, device, autocast,
-                           batch_size, workers)
+    feats, _, _ = features(model, [(p, 0) for p in paths], how)
     return l2_normalize(feats)
 
 
@@ -72,8 +70,8 @@ def embed_folder(checkpoint: Path, images: Path, out: Path,
     model, _, ckpt = load_face_model(Path(checkpoint), device)
     root = Path(images)
     items = labelled_images(root)
-    feats = embed_images(model, ckpt["model_config"]["image_size"], [p for p, _ in items],
-                         device, autocast, runtime.batch_size, runtime.workers)
+    feats = embed_images(model, [p for p, _ in items],
+                         checkpoint_extraction(ckpt, device, autocast, runtime))
     paths = [str(p.relative_to(root)) if root.is_dir() else str(p) for p, _ in items]
     labels = [label for _, label in items]
     meta = {"checkpoint": str(checkpoint), "images": str(root),
@@ -144,8 +142,8 @@ def identify(checkpoint: Path, gallery: Path, queries: Sequence[Path], top_k: in
         print(f"--far {far:g}: threshold {threshold:.4f} (from {trials} impostor scores of "
               f"{gallery}{few})", file=sys.stderr)
     items = [item for q in queries for item in labelled_images(Path(q))]
-    embedded = embed_images(model, ckpt["model_config"]["image_size"], [p for p, _ in items],
-                            device, autocast, runtime.batch_size, runtime.workers)
+    embedded = embed_images(model, [p for p, _ in items],
+                            checkpoint_extraction(ckpt, device, autocast, runtime))
     scores = embedded @ templates.T                               # cosine similarities
     k = min(top_k, len(names))
     top_scores, top_idx = scores.topk(k, dim=1)

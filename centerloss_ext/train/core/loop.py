@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from .common import Interrupted, NonFiniteLossError, TrainingError, load_checkpoint
+from .errors import Interrupted, NonFiniteLossError, TrainingError
+from .files import load_checkpoint
 from .ddp import Ranks, sum_over_ranks
 
 LOG_EVERY = 50            # steps between host read-backs (progress bar, non-finite check)

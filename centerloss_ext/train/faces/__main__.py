@@ -1,0 +1,10 @@
+"""`python -m centerloss_ext.train.faces`: centerloss-faces (see ``cli``)."""
+from ..core.cli import require
+
+# before the first import of an optional package: a missing one is one line, not a traceback
+require("centerloss-faces", __name__)
+
+if __name__ == "__main__":
+    from .cli import main
+
+    main()
