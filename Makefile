@@ -79,7 +79,7 @@ cpp-test: build system-deps
 test: pytest cpp-test test-cuda-emu
 
 # The CUDA kernels without a GPU: csrc/cuda/*.cu compiled by g++ against the SIMT
-# emulator (csrc/emu/) and run by every test marked `cuda` on the "simt" device, under two
+# emulator (simt_emulator/) and run by every test marked `cuda` on the "simt" device, under two
 # schedule seeds (SIMT_SEEDS), then line coverage of csrc/cuda; blocks run on one OS thread
 # there (SIMT_WORKERS=1: gcov's counters are not thread-safe without slow atomics).
 # test-cuda-asan: the kernel tests under AddressSanitizer + UndefinedBehaviorSanitizer, with
@@ -87,7 +87,7 @@ test: pytest cpp-test test-cuda-emu
 SIMT_SEEDS ?= 1 2
 EMU_LIB = build/emu/cov/libcenterloss_simt.so
 emu-build: build system-deps
-	$(PY) csrc/emu/build.py --variant cov
+	$(PY) simt_emulator/build.py --variant cov
 
 test-cuda-emu: emu-build
 	find build/emu/cov -name '*.gcda' -delete
@@ -105,8 +105,8 @@ emu-coverage:
 # test-cuda-emu; under ASan they would double its time for no new kernel path)
 ASAN_TESTS ?= python_tests/test_cuda.py python_tests/test_cuda_kernels.py python_tests/test_bad_input.py
 test-cuda-asan: build system-deps
-	$(PY) csrc/emu/build.py --variant asan
-	eval "export $$($(PY) csrc/emu/build.py --variant asan --print-env)" && SIMT_SEED=3 \
+	$(PY) simt_emulator/build.py --variant asan
+	eval "export $$($(PY) simt_emulator/build.py --variant asan --print-env)" && SIMT_SEED=3 \
 	  $(PY) -m pytest -q -m cuda -p no:cacheprovider $(ASAN_TESTS)
 
 # The benchmark of bench/RESULTS.md; the device is CUDA when one is visible.

@@ -1,13 +1,14 @@
 """Shared fixtures: devices, dtypes and their tolerances, and hypothesis profiles.
 
 The CUDA kernels run on a GPU ("cuda") or, with CENTERLOSS_SIMT_LIB naming a library built
-by csrc/emu/build.py (make test-cuda-emu), on the SIMT emulator's "simt" device: the same
-.cu sources, run on the CPU. CUDA_DEVICE names whichever is there; tests marked `cuda` are
-skipped when neither is, tests marked `gpu` (graph capture, the CUDA profiler, CUDA
+by simt_emulator/build.py (make test-cuda-emu), on the SIMT emulator's "simt" device: the
+same .cu sources, run on the CPU. CUDA_DEVICE names whichever is there; tests marked `cuda`
+are skipped when neither is, tests marked `gpu` (graph capture, the CUDA profiler, CUDA
 memory stats) whenever there is no real GPU."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -22,7 +23,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 HAS_CUDA = torch.cuda.is_available()
 EMULATED = False
 if not HAS_CUDA and os.environ.get("CENTERLOSS_SIMT_LIB"):
-    from centerloss_ext import emulation
+    # simt_emulator/ is a test tool at the repository root, not in the package: pyproject's
+    # pythonpath puts the root on sys.path; a run that skips that config (another rootdir,
+    # -c elsewhere) finds it from here (appended, so an installed centerloss_ext still wins)
+    try:
+        from simt_emulator import loader as emulation
+    except ImportError:
+        sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from simt_emulator import loader as emulation
 
     emulation.load()
     EMULATED = True

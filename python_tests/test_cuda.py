@@ -241,7 +241,7 @@ def _count_launches(step) -> int:
     """Kernels launched by step(): the emulator's count (every kernel, and every ATen op
     the device runs), or the CUDA profiler's (memsets and copies left out)."""
     if EMULATED:
-        from centerloss_ext import emulation
+        from simt_emulator import loader as emulation
 
         before = emulation.launch_count()
         step()
@@ -278,7 +278,7 @@ def test_training_step_launch_count(deterministic, most):
 def test_label_check_is_one_read_back_and_the_switch_removes_it():
     if not EMULATED:
         pytest.skip("counts read-backs through the emulator")
-    from centerloss_ext import emulation
+    from simt_emulator import loader as emulation
 
     crit = cl.CenterLoss(10, 8, device=DEV)
     x = torch.randn(64, 8, device=DEV, requires_grad=True)
@@ -297,7 +297,7 @@ def test_label_check_is_one_read_back_and_the_switch_removes_it():
 
 def test_no_allocation_proportional_to_classes_times_dim():
     if EMULATED:
-        from centerloss_ext import emulation as mem
+        from simt_emulator import loader as mem
     else:
         mem = torch.cuda
     C, D = (1_000_000, 64) if EMULATED else (1_000_000, 512)  # centers: 256 MB / 2 GB

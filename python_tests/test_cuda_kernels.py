@@ -39,7 +39,7 @@ def _launches(fn):
             fn()
             torch.cuda.synchronize()
         return len([e for e in prof.events() if e.device_type.name == "CUDA"])
-    from centerloss_ext import emulation
+    from simt_emulator import loader as emulation
 
     before = emulation.launch_count()
     fn()

@@ -1,6 +1,6 @@
 // The CUDA op functions (center_loss_cuda.cu), one per schema of ops.cpp. Declared here
 // so that registration is separate from the code it registers: registration.cu binds
-// them to the CUDA key, emu/registration.cpp to the emulated device's key.
+// them to the CUDA key, simt_emulator/registration.cpp to the emulated device's key.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -2,9 +2,9 @@
 """Builds the SIMT-emulated CUDA kernels: csrc/cuda/*.cu, unchanged but for their
 <<<...>>> launches (rewrite_launches.py), compiled by g++ with the emulator (simt.h,
 simt_runtime.cpp), the emulated device (device.cpp) and its op registration into one
-library that centerloss_ext.emulation loads next to the real extension.
+library that simt_emulator.loader loads next to the real extension.
 
-    python csrc/emu/build.py [--variant {cov,asan,release}] [--jobs N]
+    python simt_emulator/build.py [--variant {cov,asan,release}] [--jobs N]
 
 Variants: `cov` (-O1, gcov line coverage: the tests' build), `asan` (AddressSanitizer +
 UndefinedBehaviorSanitizer; load with the preload that --print-env shows), `release` (-O2).
@@ -23,7 +23,7 @@ import sys
 import sysconfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+ROOT = os.path.dirname(HERE)  # the repository root: csrc/, centerloss_ext/, build/
 FLAGS = {
     # single: plain counter increments, so run it with SIMT_WORKERS=1 (make test-cuda-emu
     # does): atomic updates made the emulated tests 3x slower on 2 cores (377 s vs 118 s
@@ -36,7 +36,7 @@ FLAGS = {
 
 
 def _fail(msg: str) -> None:
-    sys.exit(f"csrc/emu/build.py: {msg}")
+    sys.exit(f"simt_emulator/build.py: {msg}")
 
 
 def _torch_paths():

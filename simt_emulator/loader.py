@@ -1,10 +1,10 @@
 """The SIMT emulator of the CUDA kernels as a PyTorch device, for tests without a GPU.
 
-`csrc/emu/build.py` compiles the unchanged csrc/cuda/*.cu sources with g++ against a
-small emulation of CUDA's execution model (csrc/emu/simt.h), and registers them for
+`simt_emulator/build.py` compiles the unchanged csrc/cuda/*.cu sources with g++ against a
+small emulation of CUDA's execution model (simt_emulator/simt.h), and registers them for
 PyTorch's PrivateUse1 key, which this module names "simt"::
 
-    from centerloss_ext import emulation
+    from simt_emulator import loader as emulation     # the repository root on sys.path
     emulation.load("build/emu/cov/libcenterloss_simt.so")   # or $CENTERLOSS_SIMT_LIB
     x = torch.randn(8, 4).to("simt")                          # host memory, device "simt"
     loss = CenterLoss(3, 4, device="simt")(x, labels.to("simt"))   # the CUDA kernels run
@@ -80,7 +80,7 @@ def load(library: Optional[str] = None) -> str:
                          "(build it with: make emu-build)")
     if not os.path.exists(library):
         raise FileNotFoundError(f"CENTERLOSS_SIMT_LIB={library} does not exist: build it with "
-                                "make emu-build (or python csrc/emu/build.py)")
+                                "make emu-build (or python simt_emulator/build.py)")
     import centerloss_ext  # noqa: F401  (the op schemas, and the checks the library links to)
 
     torch.utils.rename_privateuse1_backend(DEVICE)
@@ -99,7 +99,7 @@ def is_loaded() -> bool:
 
 def _need() -> ctypes.CDLL:
     if _lib is None:
-        raise RuntimeError("the simt emulator is not loaded: call centerloss_ext.emulation.load()")
+        raise RuntimeError("the simt emulator is not loaded: call simt_emulator.loader.load()")
     return _lib
 
 

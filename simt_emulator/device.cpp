@@ -1,5 +1,5 @@
 // The emulated device: PyTorch's PrivateUse1 backend, renamed "simt" by
-// centerloss_ext/emulation.py. Its memory is host memory, so the emulated CUDA kernels
+// simt_emulator/loader.py. Its memory is host memory, so the emulated CUDA kernels
 // read and write it directly; every ATen op without a kernel here runs on the CPU through
 // at::native::cpu_fallback (copies in and out), and counts as one device launch.
 //
