@@ -145,3 +145,17 @@ def test_backward_features_opcheck():
     for out_dtype in (None, torch.float16):
         torch.library.opcheck(ops.backward_features.default,
                               (torch.rand(6), diff, 0, out_dtype))
+
+
+# --- a class's update is summed before it touches the center (SPEC "Inputs", 2026-12-07) ---
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_update_rounds_each_center_once_cpu(deterministic):
+    # 1,000 rows of 1000.1 and a center of 1000.0: each row's share (5e-5) is below the
+    # center's ulp (6.1e-5); added one by one they would drift to 1000.061035
+    x = torch.full((1000, 4), 1000.1)
+    y = torch.zeros(1000, dtype=torch.long)
+    c = torch.full((1, 4), 1000.0)
+    cl.update_centers_(c, x, y, 0.5, deterministic=deterministic)
+    exact = 1000.0 + 0.5 * 1000 * (float(torch.tensor(1000.1)) - 1000.0) / 1001
+    assert c.tolist() == [[float(torch.tensor(exact))] * 4]  # the exact value rounded once

@@ -264,3 +264,59 @@ def test_backward_centers_label_check_off_leaves_bad_rows_out():
     finally:
         cl.set_cuda_label_check(previous)
     assert got.cpu().tolist() == [[-9.0, -9.0], [0.0, 0.0]]
+
+
+# --- issue 25: the atomic update sums a class in the accumulation type, rounds the center once
+
+def _far_center_batch():
+    """1,000 rows of 1000.1 (float32), one class whose center is 1000.0: each row's share
+    (5e-5) is below the center's ulp (6.1e-5), so adding the shares into the center one by
+    one drifts (1000.061035), while the sum added once gives the exact value rounded once."""
+    x = torch.full((1000, 4), 1000.1)
+    y = torch.zeros(1000, dtype=torch.long)
+    c = torch.full((1, 4), 1000.0)
+    return x, y, c
+
+
+@pytest.mark.parametrize("deterministic", [False, True])  # atomic / sorted update
+def test_update_rounds_each_center_once(deterministic):
+    x, y, c = _far_center_batch()
+    expected = c.clone()
+    cl.update_centers_(expected, x, y, 0.5)  # the CPU kernel: 1000.049927
+    assert expected[0, 0].item() == pytest.approx(1000.049938, abs=6.1e-5)
+    xd, yd, cd = _to(x, y, c)
+    cl.update_centers_(cd, xd, yd, 0.5, deterministic=deterministic)
+    assert torch.equal(cd.cpu(), expected)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_fused_step_rounds_each_center_once(deterministic):
+    x, y, c = _far_center_batch()
+    expected = c.clone()
+    ops.forward_update_(expected, x, y, 1, 0.5, True, False)
+    xd, yd, cd = _to(x, y, c)
+    ops.forward_update_(cd, xd, yd, 1, 0.5, True, deterministic)
+    assert torch.equal(cd.cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_atomic_update_class_sums_mixed_classes(dtype):
+    """Singletons (their share added directly), classes of many rows (summed in a slot,
+    applied by the last row), absent classes and non-finite rows, on the atomic path:
+    the CPU's result within the order of the float additions, centers far from zero."""
+    g = torch.Generator().manual_seed(0)
+    C, D = 300, 37  # D odd: no vector path anywhere
+    y = torch.cat([torch.arange(100, 200),  # 100 singletons
+                   torch.randint(0, 60, (3000,), generator=g)])  # 60 classes, ~50 rows each
+    y = y[torch.randperm(len(y), generator=g)]
+    x = 500 + torch.randn(len(y), D, generator=g, dtype=torch.float64).to(dtype)
+    x[7, 3] = float("nan")
+    x[11] = float("inf")
+    c = (500 + torch.randn(C, D, generator=g, dtype=torch.float64)).to(dtype)
+    expected = c.clone()
+    cl.update_centers_(expected, x, y, 0.7)
+    xd, yd, cd = _to(x, y, c)
+    cl.update_centers_(cd, xd, yd, 0.7, deterministic=False)
+    out = cd.cpu()
+    torch.testing.assert_close(out, expected, rtol=0, atol=2 * torch.finfo(dtype).eps * 512)
+    assert torch.equal(out[200:], c[200:])  # absent classes untouched

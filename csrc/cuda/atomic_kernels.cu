@@ -1,9 +1,11 @@
-// The default (non-deterministic) center paths: per-row atomic adds into the rows of
-// the classes present. Fastest, but the order of the float additions varies run to run.
-// Only diff rows and centers of one dtype T (float or double) come here, T being then
-// the accumulation type: every addition is exact to T's rounding, as in the sorted
-// path. Anything else (16-bit centers, float64 features with float32 centers) takes
-// the sorted path, where sums are formed in the accumulation type and rounded once.
+// The default (non-deterministic) center paths, for diff rows and centers of one dtype T
+// (float or double), T being then the accumulation type. The alpha update forms each
+// class's sum with atomic adds into a slot of the workspace (opened and zeroed by the
+// forward kernel) and the class's last row adds it to the center: one rounding per
+// center element, as in the sorted path; the order of the additions into a slot varies
+// run to run. The center gradient adds each row into the dense gradient with atomics.
+// Anything else (16-bit centers, float64 features with float32 centers) takes the sorted
+// path, where sums are formed in the accumulation type and rounded once.
 #include "kernels.h"
 
 #include <ATen/Dispatch.h>
@@ -20,15 +22,35 @@ __global__ void __launch_bounds__(kBlock)
   if (*ws.bad != 0) return;  // a bad label anywhere: leave every center as it was
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  T* sums = static_cast<T*>(ws.sums);
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
        row < B; row += warps) {
     if (!finite[row]) continue;
     const int64_t label = y[row];
-    // The paper's rule moves c_j by alpha * sum(d_i) / (1 + n_j): each row adds its share.
-    const T scale = alpha / static_cast<T>(1 + ws.counts[label]);
+    const int n = ws.counts[label];
+    // The paper's rule moves c_j by alpha * sum(d_i) / (1 + n_j).
+    const T scale = alpha / static_cast<T>(1 + n);
     const T* dr = diff + row * D;
     T* cr = c + label * D;
-    for (int64_t k = lane; k < D; k += kWarp) atomicAdd(cr + k, scale * dr[k]);
+    if (n == 1) {  // the class's only row: its share, rounded once, by its only writer
+      for (int64_t k = lane; k < D; k += kWarp) cr[k] = cr[k] + scale * dr[k];
+      continue;
+    }
+    // Two or more rows: the sum is formed in the class's slot (T is the accumulation
+    // type), and the last row to add its share applies it, so each center element is
+    // rounded once per step, as on the CPU and the sorted path.
+    const int slot = ws.slot_of[label];
+    T* sr = sums + static_cast<int64_t>(slot) * D;
+    for (int64_t k = lane; k < D; k += kWarp) atomicAdd(sr + k, dr[k]);
+    __threadfence();  // this warp's additions, visible before its arrival is counted
+    __syncwarp();
+    unsigned int arrived = 0;
+    if (lane == 0) arrived = atomicAdd(ws.slot_done + slot, 1u) + 1;
+    arrived = __shfl_sync(0xffffffffu, arrived, 0);
+    if (arrived != static_cast<unsigned int>(n)) continue;
+    __threadfence();  // every other row's additions, visible to the reads below
+    const volatile T* vs = sr;  // past L1: other SMs wrote it
+    for (int64_t k = lane; k < D; k += kWarp) cr[k] = cr[k] + scale * vs[k];
   }
 }
 

@@ -1,6 +1,6 @@
 // CUDA kernels of the centerloss ops: composes the launchers of kernels.h into the op
 // functions of ops_cuda.h (registered for the CUDA key in registration.cu; the emulated
-// build of emu/ registers the same functions for its own device).
+// build of simt_emulator/ registers the same functions for its own device).
 //
 // Launches per call (our own; nothing is sized by C x D):
 //   forward                  memset of the workspace header, forward rows kernel.
@@ -39,15 +39,32 @@ namespace cuda {
 
 WorkspaceBuffer::WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_counts,
                                  int64_t num_partials, size_t partial_size) {
-  constexpr int64_t header = 16;  // bad (8 bytes), blocks_done (4), padding (4)
-  const int64_t counts_bytes = with_counts ? (4 * num_classes + 7) / 8 * 8 : 0;
-  const int64_t total = header + counts_bytes + num_partials * static_cast<int64_t>(partial_size);
+  constexpr int64_t header = 16;  // bad (8 bytes), blocks_done (4), slots_used (4)
+  auto align8 = [](int64_t bytes) { return (bytes + 7) / 8 * 8; };
+  const int64_t counts_bytes = with_counts ? align8(4 * num_classes) : 0;
+  const int64_t partials_bytes = align8(num_partials * static_cast<int64_t>(partial_size));
+  // A slot per class of two or more rows: at most B / 2 of them, and at most C.
+  const int64_t slots = with_counts ? std::min(like.size(0) / 2, num_classes) : 0;
+  const int64_t slot_of_bytes = with_counts ? align8(4 * num_classes) : 0;
+  const int64_t slot_done_bytes = align8(4 * slots);
+  const int64_t sums_bytes = slots * like.size(1) * static_cast<int64_t>(partial_size);
+  const int64_t total =
+      header + counts_bytes + partials_bytes + slot_of_bytes + slot_done_bytes + sums_bytes;
   storage = empty_cuda({total}, like.options().dtype(at::kByte));
   uint8_t* base = storage.data_ptr<uint8_t>();
   ws.bad = reinterpret_cast<unsigned long long*>(base);
   ws.blocks_done = reinterpret_cast<unsigned int*>(base + 8);
-  ws.counts = with_counts ? reinterpret_cast<int*>(base + header) : nullptr;
-  ws.partials = base + header + counts_bytes;
+  ws.slots_used = reinterpret_cast<unsigned int*>(base + 12);
+  uint8_t* p = base + header;
+  ws.counts = with_counts ? reinterpret_cast<int*>(p) : nullptr;
+  p += counts_bytes;
+  ws.partials = p;  // every offset is a multiple of 8: fits each element type
+  p += partials_bytes;
+  ws.slot_of = with_counts ? reinterpret_cast<int*>(p) : nullptr;
+  p += slot_of_bytes;
+  ws.slot_done = with_counts ? reinterpret_cast<unsigned int*>(p) : nullptr;
+  p += slot_done_bytes;
+  ws.sums = with_counts ? p : nullptr;
   C10_CUDA_CHECK(cudaMemsetAsync(base, 0, header + counts_bytes,
                                  at::cuda::getCurrentCUDAStream()));
 }

@@ -1,5 +1,6 @@
 // The forward rows kernel: reads x and the gathered centers once and writes everything
-// the rest of the step needs (loss, diff rows, finite flags, per-class counts).
+// the rest of the step needs (loss, diff rows, finite flags, per-class counts, and the
+// zeroed class-sum slots of the atomic update).
 #include "kernels.h"
 
 #include <ATen/Dispatch.h>
@@ -11,8 +12,10 @@ namespace centerloss {
 namespace cuda {
 namespace {
 
-// ptxas-spill-ok: forward_rows_kernel: only <double, double> on sm_80 spills (8 bytes, at 48
-// registers; sm_90 and every other dtype pair: none): one stack slot that stays in L1,
+// Registers (scripts/ptxas_check.sh, 2026-12-07): 40-56 for every dtype pair, no spill;
+// <double, double> on sm_80 takes 64 since the class-sum slot was added (was 48 and an
+// 8-byte spill): 4 blocks of 8 warps per SM instead of 5, for float64 rows only.
+// ptxas-spill-ok: forward_rows_kernel: a stack slot, if one comes back, stays in L1,
 // against a row of x and of c read from memory per warp; not worth a separate kernel.
 template <typename scalar_t, typename center_t>
 __global__ void __launch_bounds__(kBlock)
@@ -68,6 +71,7 @@ __global__ void __launch_bounds__(kBlock)
     }
     ss = warp_sum(ss);
     probe = warp_sum(probe);
+    int slot = -1;  // set when this row is its class's second finite row: it opens the slot
     if (lane == 0) {
       const acc_t l = acc_t(0.5) * ss;
       if (reduction == 0) {
@@ -77,7 +81,18 @@ __global__ void __launch_bounds__(kBlock)
       }
       const bool ok = probe == acc_t(0);
       if (finite) finite[row] = ok;
-      if (ws.counts && ok) atomicAdd(ws.counts + label, 1);
+      if (ws.counts && ok && atomicAdd(ws.counts + label, 1) == 1) {
+        slot = static_cast<int>(atomicAdd(ws.slots_used, 1u));
+        ws.slot_of[label] = slot;
+        ws.slot_done[slot] = 0;
+      }
+    }
+    if (ws.counts) {  // the atomic update's class sum starts at zero (read in the next launch)
+      slot = __shfl_sync(0xffffffffu, slot, 0);
+      if (slot >= 0) {
+        acc_t* sr = static_cast<acc_t*>(ws.sums) + static_cast<int64_t>(slot) * D;
+        for (int64_t k = lane; k < D; k += kWarp) sr[k] = acc_t(0);
+      }
     }
   }
   if (reduction == 0 || loss == nullptr) return;

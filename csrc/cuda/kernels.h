@@ -12,20 +12,31 @@ namespace cuda {
 //  bad: B - (first row whose label is out of range), 0 when none (atomicMax keeps the
 //       first row); every kernel that writes centers returns early when it is set.
 //  blocks_done: the last-block-done counter of the loss reduction.
+//  slots_used: class-sum slots handed out so far (atomic update path).
 //  counts: per-class number of finite rows (atomic update path only; O(C) ints).
 //  partials: one loss partial per block of the forward kernel (not zeroed).
+// The atomic update's class sums (not zeroed: each slot is cleared by the row that opens
+// it, the second finite row of its class, in the forward kernel):
+//  slot_of: per class, its slot (O(C) ints; read only for classes with 2+ finite rows).
+//  slot_done: per slot, the rows that have added their share (the last one applies it).
+//  sums: per slot, a row of D sums in the accumulation type; min(B / 2, C) slots.
 struct Workspace {
   unsigned long long* bad;
   unsigned int* blocks_done;
+  unsigned int* slots_used;
   int* counts;
   void* partials;
+  int* slot_of;
+  unsigned int* slot_done;
+  void* sums;
 };
 
 struct WorkspaceBuffer {
   at::Tensor storage;
   Workspace ws;
   // Allocates (uninitialised) and zeroes what needs zeroing: O(num_classes) ints when
-  // with_counts.
+  // with_counts, which also lays out the class sums for `like`'s B x D rows, in elements
+  // of partial_size bytes (the accumulation type).
   WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_counts,
                   int64_t num_partials, size_t partial_size);
 };
@@ -42,7 +53,9 @@ int64_t forward_rows_blocks(const at::Tensor& x, const at::Tensor& c);
 
 // atomic_kernels.cu — the default (fastest) paths, for diff rows and centers of one
 // dtype T, float or double (T is then the accumulation type):
-// c[y_i] += alpha * d_i / (1 + n_{y_i}) for finite rows, with atomics; nothing when ws.bad.
+// c_j += alpha * (sum of the finite d_i of class j) / (1 + n_j), the sum formed in T with
+// atomics in the class's slot, then added by the class's last row: each center element is
+// rounded once; a class of one row adds its share directly. Nothing when ws.bad.
 void launch_alpha_update_atomic(const at::Tensor& diff, const at::Tensor& labels,
                                 const at::Tensor& finite, at::Tensor& c, double alpha,
                                 const Workspace& ws);
