@@ -103,7 +103,7 @@ emu-coverage:
 
 # the tests aimed at the kernels themselves (the other device-parametrised tests run in
 # test-cuda-emu; under ASan they would double its time for no new kernel path)
-ASAN_TESTS ?= python_tests/test_cuda.py python_tests/test_cuda_kernels.py python_tests/test_bad_input.py
+ASAN_TESTS ?= python_tests/cuda_kernels python_tests/ops/test_bad_input.py
 test-cuda-asan: build system-deps
 	$(PY) simt_emulator/build.py --variant asan
 	eval "export $$($(PY) simt_emulator/build.py --variant asan --print-env)" && SIMT_SEED=3 \

@@ -38,6 +38,7 @@ CUDA_DEVICE = "cuda" if HAS_CUDA else "simt" if EMULATED else "cuda"
 
 DEVICES = ["cpu", pytest.param(CUDA_DEVICE, marks=pytest.mark.cuda)]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+HALF_DTYPES = [torch.float16, torch.bfloat16]
 
 
 def pytest_collection_modifyitems(config, items):

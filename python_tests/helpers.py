@@ -1,9 +1,14 @@
-"""Test helpers: random batches and the float64 oracle."""
+"""Test helpers: the repository root, random batches and the float64 oracle."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from centerloss_ext import reference
+
+# The clone's root folder (python_tests/ is one level down; the tests sit in layer folders).
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # (rtol, atol) by features dtype, for values computed from the same rounded inputs.
 TOL = {

@@ -8,7 +8,7 @@ and colour with a small mark at its own place. Every image draws its own backgro
 mark colours, varies the shape's colour (COLOUR_JITTER), moves, scales and re-lights the
 shape and adds pixel noise. Raw pixels, and an untrained network's features, are
 dominated by the random background, so the features that tell identities apart have to
-be learnt (python_tests/test_train_faces.py measures an untrained and a trained
+be learnt (python_tests/train/faces/test_train_faces.py measures an untrained and a trained
 network). val/ holds images of every training identity plus ``unseen`` identities
 absent from train/.
 """

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import centerloss_ext as cl
-from conftest import CUDA_DEVICE
+from conftest import CUDA_DEVICE, HALF_DTYPES
 
 pytestmark = pytest.mark.cuda
 ops = torch.ops.centerloss
@@ -86,7 +86,7 @@ def test_module_far_from_float16_range(mode, deterministic):
         assert m.centers.grad.cpu().tolist() == [[7e4] * 3]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_update_sums_unrounded_differences(dtype, deterministic):
     # x - c = 2048 - 0.3 = 2047.7 in float32, 2048 once rounded to 16 bits

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import centerloss_ext as cl
+from conftest import HALF_DTYPES
 
 ops = torch.ops.centerloss
-HALF_DTYPES = [torch.float16, torch.bfloat16]
 
 
 def _far_batch(B, dtype=torch.float16):

@@ -19,8 +19,9 @@ import torch
 
 import centerloss_ext
 from centerloss_ext import _loader
+from helpers import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 BACKEND = ROOT / "build_backend"
 INSTALLED = Path(centerloss_ext.__file__).parent  # the built copy this suite runs against
 SITE_PACKAGES = Path(setuptools.__file__).parent.parent

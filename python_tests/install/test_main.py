@@ -8,6 +8,7 @@ import sys
 import torch
 
 from centerloss_ext import _machine
+from helpers import REPO_ROOT
 
 
 def test_diagnostic_prints_build_and_machine_facts():
@@ -30,7 +31,7 @@ def test_benchmark_and_training_take_machine_facts_from_the_package():
     """bench/ and the training scripts must not be where machine facts live."""
     import pathlib
 
-    root = pathlib.Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     compare = (root / "bench" / "compare.py").read_text()
     assert "from centerloss_ext._machine import cpu_name" in compare
     import importlib

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 import centerloss_ext as cl
 from centerloss_ext import reference
 from helpers import TOL, coarser
+from conftest import FLOAT_DTYPES
 
-FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 @st.composite
@@ -18,7 +18,7 @@ def batches(draw):
     B = draw(st.integers(0, 300))
     D = draw(st.sampled_from([1, 2, 3, 7, 16, 33, 128]))
     C = draw(st.integers(1, 40))
-    dtype = draw(st.sampled_from(FLOATS))
+    dtype = draw(st.sampled_from(FLOAT_DTYPES))
     centers_dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
     pattern = draw(st.sampled_from(["random", "one class", "distinct", "two classes"]))
     seed = draw(st.integers(0, 2**31 - 1))

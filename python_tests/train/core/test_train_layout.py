@@ -11,8 +11,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
-PACKAGE = Path(__file__).resolve().parent.parent / "centerloss_ext"
+PACKAGE = REPO_ROOT / "centerloss_ext"
 TRAIN = PACKAGE / "train"
 JOBS = ("mnist", "faces", "openset")
 # faces/synthetic.py: a test-data helper with a command line of its own

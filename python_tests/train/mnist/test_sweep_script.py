@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from test_train_mnist import idx_dir  # noqa: F401  (the fixture)
+from helpers import REPO_ROOT
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sweep_lambda_alpha.py"
+SCRIPT = REPO_ROOT / "scripts" / "sweep_lambda_alpha.py"
 
 
 def load():
