@@ -8,6 +8,8 @@
 #                tests on the SIMT emulator (no GPU needed)
 #   make bench   bench/compare.py over the full grid (bench-quick: the short CI run)
 #   make test-cuda-emu   the CUDA kernels' tests on the SIMT emulator (no GPU needed)
+#   make lint    ruff (lint, format check), mypy on the package, clang-format check of the
+#                C++/CUDA sources; make format applies ruff's and clang-format's fixes
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -17,7 +19,7 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: all build test pytest cpp-test demo openset openset-faces bench bench-quick system-deps clean \
+.PHONY: all build lint format test pytest cpp-test demo openset openset-faces bench bench-quick system-deps clean \
 	emu-build test-cuda-emu test-cuda-asan emu-coverage
 
 all: build
@@ -72,6 +74,20 @@ openset-faces: build
 	  $(OPENSET_FACES_RUN) --center-loss-weight 0 $(OPENSET_FACES_ARGS)
 	$(PY) -m centerloss_ext.train.faces train --out runs/openset_faces/center \
 	  $(OPENSET_FACES_RUN) --center-loss-weight 0.005 $(OPENSET_FACES_ARGS)
+
+# Style and types, on every commit (CI runs it first; .pre-commit-config.yaml the same
+# checks for contributors). No build needed.
+CPP_SOURCES = $(shell find csrc simt_emulator -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/clang-format --dry-run -Werror $(CPP_SOURCES)
+
+format: $(VENV)/.deps
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CPP_SOURCES)
 
 cpp-test: build system-deps
 	PYTHON=$(PY) scripts/cpp_tests.sh

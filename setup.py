@@ -20,6 +20,7 @@ Environment switches:
                             override, when it cannot find the target environment's torch)
     DEBUG=1                 -O0 -g, no optimisation
 """
+
 import glob
 import os
 import sys
@@ -46,20 +47,22 @@ def _find_cuda_home() -> None:
 _find_cuda_home()
 try:
     import torch
-    from torch.utils.cpp_extension import (CUDA_HOME, BuildExtension, CppExtension,
-                                           CUDAExtension)
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError as e:
-    sys.exit(f"centerloss_ext: PyTorch must be importable while building ({e}). Install "
-             "torch first (pip install torch), then pip install . ; to build against the "
-             "torch of another environment, set CENTERLOSS_TORCH_PYTHON=/path/to/env/bin/python.")
+    sys.exit(
+        f"centerloss_ext: PyTorch must be importable while building ({e}). Install "
+        "torch first (pip install torch), then pip install . ; to build against the "
+        "torch of another environment, set CENTERLOSS_TORCH_PYTHON=/path/to/env/bin/python."
+    )
 
 
 def _nvidia_include_dirs() -> list:
     # torch's CUDA headers include cuBLAS/cuSPARSE/cuSOLVER headers that a bare
     # toolkit may lack; torch's pip dependencies ship them under site-packages/nvidia.
     site = os.path.dirname(os.path.dirname(torch.__file__))
-    return sorted(d for d in glob.glob(os.path.join(site, "nvidia", "*", "include"))
-                  if os.path.isdir(d))
+    return sorted(
+        d for d in glob.glob(os.path.join(site, "nvidia", "*", "include")) if os.path.isdir(d)
+    )
 
 
 def _with_cuda(cuda_sources: list) -> bool:
@@ -67,8 +70,9 @@ def _with_cuda(cuda_sources: list) -> bool:
         return False
     if _env_flag("FORCE_CUDA"):
         if CUDA_HOME is None:
-            sys.exit("centerloss_ext: FORCE_CUDA=1 but no CUDA toolkit (nvcc) was found; "
-                     "set CUDA_HOME.")
+            sys.exit(
+                "centerloss_ext: FORCE_CUDA=1 but no CUDA toolkit (nvcc) was found; set CUDA_HOME."
+            )
         return True
     return torch.version.cuda is not None and CUDA_HOME is not None
 
@@ -105,15 +109,19 @@ EXTRAS = {
     "bench": ["tqdm", "matplotlib"],
     "train": ["torchvision", "numpy", "matplotlib", "scikit-learn", "tqdm", "pillow"],
 }
-EXTRAS["test"] = sorted(set(EXTRAS["bench"] + EXTRAS["train"] +
-                            ["pytest", "hypothesis", "expecttest"]))
+EXTRAS["test"] = sorted(
+    set(EXTRAS["bench"] + EXTRAS["train"] + ["pytest", "hypothesis", "expecttest"])
+)
 
 
 def _extension():
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) +
-                     glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
-                          glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    sources = sorted(
+        glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+    )
+    cuda_sources = sorted(
+        glob.glob(os.path.join("csrc", "cuda", "*.cu"))
+        + glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
+    )
     with_cuda = _with_cuda(cuda_sources)
     debug = _env_flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
@@ -124,12 +132,17 @@ def _extension():
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS) if with_cuda else ""
     BuildExt.build_info = _build_info(with_cuda, archs)
     if not with_cuda:
-        return CppExtension("centerloss_ext._C", sources, extra_compile_args=extra,
-                            extra_link_args=link)
+        return CppExtension(
+            "centerloss_ext._C", sources, extra_compile_args=extra, extra_link_args=link
+        )
     extra["nvcc"] = opt + ["-lineinfo"]  # -lineinfo: profilers map back to source lines
-    return CUDAExtension("centerloss_ext._C", sources + cuda_sources,
-                         include_dirs=_nvidia_include_dirs(), extra_compile_args=extra,
-                         extra_link_args=link)
+    return CUDAExtension(
+        "centerloss_ext._C",
+        sources + cuda_sources,
+        include_dirs=_nvidia_include_dirs(),
+        extra_compile_args=extra,
+        extra_link_args=link,
+    )
 
 
 setup(
@@ -144,9 +157,11 @@ setup(
     # what the parts beyond the library need (each names its group when one is missing):
     # pip install ".[bench]" / ".[train]" / ".[test]"; requirements.txt pins them all
     extras_require=EXTRAS,
-    entry_points={"console_scripts": [
-        "centerloss-mnist = centerloss_ext.train.mnist.cli:main",
-        "centerloss-faces = centerloss_ext.train.faces.cli:main",
-        "centerloss-openset = centerloss_ext.train.openset.cli:main",
-    ]},
+    entry_points={
+        "console_scripts": [
+            "centerloss-mnist = centerloss_ext.train.mnist.cli:main",
+            "centerloss-faces = centerloss_ext.train.faces.cli:main",
+            "centerloss-openset = centerloss_ext.train.openset.cli:main",
+        ]
+    },
 )

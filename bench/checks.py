@@ -5,6 +5,7 @@ the same starting centers: the loss, the features' gradient, and the centers aft
 step's own update rule: the alpha rule, or for the distance-matrix version one SGD step
 ``c − lr · ∂L/∂c`` with the reference's center gradient.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,7 @@ from .variants import ALPHA, SGD_LR, Problem, Step
 # Largest error allowed, relative to the largest magnitude of the expected tensor, by
 # features dtype: a few units in the last place of the dtype the result is rounded to
 # (the features' gradient comes back in the features' dtype).
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 5e-3,
-             torch.bfloat16: 3e-2}
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
 @dataclass
@@ -59,8 +59,7 @@ def check_step(step: Step, problem: Problem, want: Expected) -> Dict[str, float]
     x0, y = problem.batches[0]
     x = x0.detach().clone().requires_grad_()
     loss = step(x, y)
-    errors = {"loss": relative_error(loss, want.loss),
-              "grad": relative_error(x.grad, want.grad)}
+    errors = {"loss": relative_error(loss, want.loss), "grad": relative_error(x.grad, want.grad)}
     if step.update is not None:
         errors["centers"] = relative_error(step.centers, want.centers[step.update])
     return errors

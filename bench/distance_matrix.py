@@ -8,6 +8,7 @@ optimizer. Written here from that description, with the same loss as the SPEC
 ``centerloss_ext.reference``. Time and memory grow with B × C: that is the point of the
 comparison.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -24,20 +25,30 @@ class DistanceMatrixCenterLoss(nn.Module):
     cancellation once features sit near their centers.
     """
 
-    def __init__(self, num_classes: int, feature_dim: int,
-                 device: Optional[Union[torch.device, str]] = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        feature_dim: int,
+        device: Optional[Union[torch.device, str]] = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.feature_dim = feature_dim
-        self.centers = nn.Parameter(torch.zeros(num_classes, feature_dim, device=device,
-                                                dtype=dtype))
+        self.centers = nn.Parameter(
+            torch.zeros(num_classes, feature_dim, device=device, dtype=dtype)
+        )
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = features.to(self.centers.dtype)
         # (B, C) squared distances: ‖x_i‖² + ‖c_j‖² − 2 x_i·c_j
-        dist = torch.addmm(x.square().sum(1, keepdim=True) + self.centers.square().sum(1),
-                           x, self.centers.t(), beta=1, alpha=-2)
+        dist = torch.addmm(
+            x.square().sum(1, keepdim=True) + self.centers.square().sum(1),
+            x,
+            self.centers.t(),
+            beta=1,
+            alpha=-2,
+        )
         classes = torch.arange(self.num_classes, device=labels.device)
         mask = labels.unsqueeze(1) == classes  # (B, C): True at each sample's own class
         return 0.5 * (dist * mask).sum() / max(features.shape[0], 1)

@@ -8,6 +8,7 @@ scalar and whatever the autograd split forces on a real implementation (backward
 after forward has returned, so it must re-read something): a lower bound, not a target
 that every design can reach.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,12 +18,17 @@ import torch
 from .timing import time_fn
 
 
-def step_bytes(B: int, D: int, classes_in_batch: int, feature_bytes: int, center_bytes: int,
-               label_bytes: int = 8) -> int:
+def step_bytes(
+    B: int,
+    D: int,
+    classes_in_batch: int,
+    feature_bytes: int,
+    center_bytes: int,
+    label_bytes: int = 8,
+) -> int:
     """Bytes a fused step must move: features read + gradient written (B × D each),
     labels read, and the center rows of the classes in the batch read and written."""
-    return (2 * B * D * feature_bytes + B * label_bytes
-            + 2 * classes_in_batch * D * center_bytes)
+    return 2 * B * D * feature_bytes + B * label_bytes + 2 * classes_in_batch * D * center_bytes
 
 
 def floor_seconds(nbytes: int, bandwidth: float, launch: float) -> float:
@@ -53,5 +59,6 @@ def measure_floor(device: str, copy_bytes: int, min_run_time: float = 0.5) -> De
     copy = time_fn(lambda: dst.copy_(src), device, min_run_time)
     one = torch.zeros(1, device=device)
     launch = time_fn(one.zero_, device, min_run_time)
-    return DeviceFloor(bandwidth=2 * copy_bytes / copy.median, launch=launch.median,
-                       copy_bytes=copy_bytes)
+    return DeviceFloor(
+        bandwidth=2 * copy_bytes / copy.median, launch=launch.median, copy_bytes=copy_bytes
+    )

@@ -6,6 +6,7 @@ the allocations and frees of one step are recorded by the profiler (``profile_me
 and summed in order: the same figure, for tensor memory (tracemalloc sees only Python
 objects, and RSS keeps pages that the allocator has freed).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,7 @@ def peak_cpu(fn: Callable[[], object]) -> Optional[int]:
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
         return None
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU],
-                                  profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     try:
         roots = prof.profiler.kineto_results.experimental_event_tree()

@@ -7,6 +7,7 @@ Derived figures, per shape:
 - speedup = the variant's time / centerloss_ext's time (step, and loss cost);
 - × floor = step time / the floor of :mod:`bench.floor` (GPU).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -42,8 +43,10 @@ class ShapeReport:
         base_graph = _median(self.baseline, "graph")
         ext = next((r for r in self.results if r.variant == REFERENCE_VARIANT), None)
         for r in self.results:
-            d = {"loss_cost_s": _minus(_median(r, "step"), base),
-                 "graph_loss_cost_s": _minus(_median(r, "graph"), base_graph)}
+            d = {
+                "loss_cost_s": _minus(_median(r, "step"), base),
+                "graph_loss_cost_s": _minus(_median(r, "graph"), base_graph),
+            }
             if self.floor_s:
                 d["x_floor"] = _ratio(_median(r, "step"), self.floor_s)
                 d["loss_cost_x_floor"] = _ratio(d["loss_cost_s"], self.floor_s)
@@ -57,12 +60,18 @@ class ShapeReport:
 
     def as_dict(self) -> dict:
         s = self.shape
-        return {"B": s.B, "D": s.D, "C": s.C, "group": s.group,
-                "classes_in_batch": self.classes_in_batch, "floor_bytes": self.step_bytes,
-                "floor_s": self.floor_s, "load_average": self.load_average,
-                "baseline": self.baseline.as_dict(),
-                "variants": [{**r.as_dict(), **self.derived.get(r.variant, {})}
-                             for r in self.results]}
+        return {
+            "B": s.B,
+            "D": s.D,
+            "C": s.C,
+            "group": s.group,
+            "classes_in_batch": self.classes_in_batch,
+            "floor_bytes": self.step_bytes,
+            "floor_s": self.floor_s,
+            "load_average": self.load_average,
+            "baseline": self.baseline.as_dict(),
+            "variants": [{**r.as_dict(), **self.derived.get(r.variant, {})} for r in self.results],
+        }
 
 
 def _median(r: Optional[Result], which: str) -> Optional[float]:
@@ -104,18 +113,21 @@ def _fmt_mib(n: Optional[int]) -> str:
 
 def _head(report: ShapeReport, on_cuda: bool) -> List[str]:
     b = report.baseline
-    head = [f"baseline step (features.sum() as the loss): {fmt_time(_median(b, 'step'))}"
-            + (f", CUDA graph {fmt_time(_median(b, 'graph'))}" if on_cuda else "")
-            + ("" if b.status == "ok" else f" [{b.status}: {b.note}]")]
+    head = [
+        f"baseline step (features.sum() as the loss): {fmt_time(_median(b, 'step'))}"
+        + (f", CUDA graph {fmt_time(_median(b, 'graph'))}" if on_cuda else "")
+        + ("" if b.status == "ok" else f" [{b.status}: {b.note}]")
+    ]
     if report.floor_s:
-        head.append(f"floor: {report.step_bytes / 1e6:.1f} MB at the copy bandwidth "
-                    f"+ one launch = {fmt_time(report.floor_s)}")
+        head.append(
+            f"floor: {report.step_bytes / 1e6:.1f} MB at the copy bandwidth "
+            f"+ one launch = {fmt_time(report.floor_s)}"
+        )
     return head
 
 
 def _columns(on_cuda: bool) -> List[str]:
-    cols = ["variant", "step", "±IQR/2", "loss cost", "peak MiB", "speedup step",
-            "speedup loss"]
+    cols = ["variant", "step", "±IQR/2", "loss cost", "peak MiB", "speedup step", "speedup loss"]
     if on_cuda:
         cols[4:4] = ["CUDA graph", "× floor"]
     return cols
@@ -129,9 +141,15 @@ def _rows(report: ShapeReport, on_cuda: bool) -> List[List[str]]:
         if r.status != "ok":
             rows.append([r.variant, f"{r.status}: {r.note}"])
             continue
-        row = [r.variant, fmt_time(r.step.median), fmt_time(r.step.iqr / 2),
-               fmt_time(d.get("loss_cost_s")), _fmt_mib(r.peak_bytes),
-               _fmt_x(d.get("speedup_step")), _fmt_x(d.get("speedup_loss_cost"))]
+        row = [
+            r.variant,
+            fmt_time(r.step.median),
+            fmt_time(r.step.iqr / 2),
+            fmt_time(d.get("loss_cost_s")),
+            _fmt_mib(r.peak_bytes),
+            _fmt_x(d.get("speedup_step")),
+            _fmt_x(d.get("speedup_loss_cost")),
+        ]
         if on_cuda:
             graph = fmt_time(r.graph.median) if r.graph else ("n/a" if r.graph_note else "-")
             row[4:4] = [graph, _fmt_x(d.get("x_floor"))]
@@ -140,25 +158,38 @@ def _rows(report: ShapeReport, on_cuda: bool) -> List[List[str]]:
 
 
 def _notes(report: ShapeReport) -> List[str]:
-    return [f"CUDA graph of {r.variant}: {r.graph_note}" for r in report.results
-            if r.status == "ok" and r.graph_note]
+    return [
+        f"CUDA graph of {r.variant}: {r.graph_note}"
+        for r in report.results
+        if r.status == "ok" and r.graph_note
+    ]
 
 
 def table(report: ShapeReport, on_cuda: bool) -> str:
     """The block of the stdout table for one shape."""
     cols, rows = _columns(on_cuda), _rows(report, on_cuda)
-    widths = [max(len(c), *(len(row[i]) for row in rows if len(row) == len(cols)))
-              for i, c in enumerate(cols)]
+    widths = [
+        max(len(c), *(len(row[i]) for row in rows if len(row) == len(cols)))
+        for i, c in enumerate(cols)
+    ]
 
     def line(cells: List[str]) -> str:
         if len(cells) != len(cols):  # a status line: FAILED, OOM, ...
             return "  " + cells[0].ljust(widths[0]) + "  " + cells[1]
-        return "  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
-                                for i, (v, w) in enumerate(zip(cells, widths)))
+        return "  " + "  ".join(
+            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(cells, widths))
+        )
 
     title = f"{report.shape.label}  ({report.classes_in_batch:,} classes in the batch)"
-    return "\n".join([title, *("  " + h for h in _head(report, on_cuda)), line(cols),
-                      *map(line, rows), *("  " + n for n in _notes(report))])
+    return "\n".join(
+        [
+            title,
+            *("  " + h for h in _head(report, on_cuda)),
+            line(cols),
+            *map(line, rows),
+            *("  " + n for n in _notes(report)),
+        ]
+    )
 
 
 def markdown(reports: List[ShapeReport], on_cuda: bool) -> str:
@@ -166,8 +197,11 @@ def markdown(reports: List[ShapeReport], on_cuda: bool) -> str:
     cols = _columns(on_cuda)
     out = []
     for rep in reports:
-        out.append(f"**{rep.shape.label}** ({rep.classes_in_batch:,} classes in the batch); "
-                   + "; ".join(_head(rep, on_cuda)) + "\n")
+        out.append(
+            f"**{rep.shape.label}** ({rep.classes_in_batch:,} classes in the batch); "
+            + "; ".join(_head(rep, on_cuda))
+            + "\n"
+        )
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|")
         for row in _rows(rep, on_cuda):
@@ -183,19 +217,23 @@ def summary(reports: List[ShapeReport]) -> str:
     it is than each other variant, on the step and (in parentheses) on the loss cost."""
     names: List[str] = []
     for rep in reports:
-        names += [r.variant for r in rep.results
-                  if r.variant != REFERENCE_VARIANT and r.variant not in names]
+        names += [
+            r.variant
+            for r in rep.results
+            if r.variant != REFERENCE_VARIANT and r.variant not in names
+        ]
     cols = ["shape", f"{REFERENCE_VARIANT} step", *(f"vs {n}" for n in names)]
-    out = ["| " + " | ".join(cols) + " |",
-           "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
+    out = [
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|",
+    ]
     for rep in reports:
         by_name = {r.variant: r for r in rep.results}
         ext = by_name.get(REFERENCE_VARIANT)
         if ext is None:
             row = [rep.shape.label, "-"]
         else:
-            row = [rep.shape.label, fmt_time(ext.step.median) if ext.status == "ok"
-                   else ext.status]
+            row = [rep.shape.label, fmt_time(ext.step.median) if ext.status == "ok" else ext.status]
         for name in names:
             r, d = by_name.get(name), rep.derived.get(name, {})
             if r is None:
@@ -203,8 +241,9 @@ def summary(reports: List[ShapeReport]) -> str:
             elif r.status != "ok":
                 row.append(r.status)
             else:
-                row.append(f"{_fmt_x(d.get('speedup_step'))} "
-                           f"({_fmt_x(d.get('speedup_loss_cost'))})")
+                row.append(
+                    f"{_fmt_x(d.get('speedup_step'))} ({_fmt_x(d.get('speedup_loss_cost'))})"
+                )
         out.append("| " + " | ".join(row) + " |")
     return "\n".join(out) + "\n"
 
@@ -231,19 +270,23 @@ def run_facts(meta: dict, reports: List[ShapeReport], link: str) -> str:
         run += f" at commit {m['git_commit']}"
     lines = [run + f"; every figure: [{link.rsplit('/', 1)[-1]}]({link})."]
 
-    machine = (f"- Machine: {m.get('cpu')}, {m.get('cpu_count')} CPUs, "
-               f"{m.get('torch_threads')} torch threads")
+    machine = (
+        f"- Machine: {m.get('cpu')}, {m.get('cpu_count')} CPUs, "
+        f"{m.get('torch_threads')} torch threads"
+    )
     if m.get("gpu"):
         machine += f"; {m['gpu']}"
         if m.get("gpu_memory_bytes"):
             machine += f" ({m['gpu_memory_bytes'] / 2**30:.0f} GiB)"
         machine += f", CUDA {m.get('cuda')}, TF32 matmul " + (
-            "on" if m.get("matmul_allow_tf32") else "off")
+            "on" if m.get("matmul_allow_tf32") else "off"
+        )
     machine += f"; torch {m.get('torch')}, Python {m.get('python')}"
     ext = m.get("centerloss_ext") or {}
     if ext.get("centerloss_ext"):
-        machine += (f"; centerloss_ext {ext['centerloss_ext']}, CUDA "
-                    + ("compiled in" if ext.get("CUDA compiled in") else "not compiled in"))
+        machine += f"; centerloss_ext {ext['centerloss_ext']}, CUDA " + (
+            "compiled in" if ext.get("CUDA compiled in") else "not compiled in"
+        )
     lines.append(machine + ".")
 
     start, end = m.get("load_average_start"), meta.get("load_average_end")
@@ -260,27 +303,40 @@ def run_facts(meta: dict, reports: List[ShapeReport], link: str) -> str:
         lines.append(f"- Load average (1 min): {', '.join(parts)}.")
 
     st = meta.get("settings") or {}
-    timing = (f"- Timing: features {meta.get('dtype')}, centers float32; "
-              f"{meta.get('batches_rotated')} random batches in turn; per variant "
-              f"{st.get('warmup')} warm-up steps, then at least {st.get('min_runs')} timed "
-              f"blocks and {st.get('min_run_time'):g} s; a variant that would take over "
-              f"{st.get('budget'):g} s is reported too slow")
+    timing = (
+        f"- Timing: features {meta.get('dtype')}, centers float32; "
+        f"{meta.get('batches_rotated')} random batches in turn; per variant "
+        f"{st.get('warmup')} warm-up steps, then at least {st.get('min_runs')} timed "
+        f"blocks and {st.get('min_run_time'):g} s; a variant that would take over "
+        f"{st.get('budget'):g} s is reported too slow"
+    )
     if m.get("device") == "cuda":
         timing += "; CUDA graphs " + ("on" if st.get("cuda_graphs") else "off")
     lines.append(timing + (" (`--quick`)." if meta.get("quick") else "."))
 
     floor = meta.get("floor")
     if floor:
-        lines.append(f"- Floor: device-to-device copy "
-                     f"{floor['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s (read + write), "
-                     f"one-element kernel launch {fmt_time(floor['empty_launch_s'])}.")
-    return "\n".join(textwrap.fill(line, 90, subsequent_indent="  ", break_long_words=False,
-                                   break_on_hyphens=False) for line in lines) + "\n"
+        lines.append(
+            f"- Floor: device-to-device copy "
+            f"{floor['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s (read + write), "
+            f"one-element kernel launch {fmt_time(floor['empty_launch_s'])}."
+        )
+    return (
+        "\n".join(
+            textwrap.fill(
+                line, 90, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+            )
+            for line in lines
+        )
+        + "\n"
+    )
 
 
 # bench/RESULTS.md: what lies between these markers is rendered from the JSON they name.
-BEGIN = re.compile(r"<!-- rendered by bench/compare\.py --render from (?P<json>[^\s()]+) "
-                   r"\((?P<kind>[^)]*)\): do not edit -->")
+BEGIN = re.compile(
+    r"<!-- rendered by bench/compare\.py --render from (?P<json>[^\s()]+) "
+    r"\((?P<kind>[^)]*)\): do not edit -->"
+)
 END = "<!-- end rendered -->"
 KINDS = ("run", "summary", "tables")
 
@@ -323,15 +379,16 @@ def render_page(text: str, results: Path, page_dir: Path) -> Tuple[str, List[str
             block = render_block(kind, *runs[name], link)
         except PageError as e:
             raise PageError(f"line {line}: {e}") from None
-        out += [text[pos:begin.end()], "\n\n", block.strip("\n"), "\n\n"]
+        out += [text[pos : begin.end()], "\n\n", block.strip("\n"), "\n\n"]
         pos = end
     out.append(text[pos:])
     return "".join(out), used
 
 
 def write_json(path: Path, meta: dict, reports: List[ShapeReport]) -> None:
-    path.write_text(json.dumps({**meta, "shapes": [r.as_dict() for r in reports]},
-                               indent=1, default=str) + "\n")
+    path.write_text(
+        json.dumps({**meta, "shapes": [r.as_dict() for r in reports]}, indent=1, default=str) + "\n"
+    )
 
 
 def read_json(path: Path) -> Tuple[dict, List[ShapeReport]]:
@@ -339,11 +396,15 @@ def read_json(path: Path) -> Tuple[dict, List[ShapeReport]]:
     data = json.loads(Path(path).read_text())
     reports = []
     for s in data.pop("shapes"):
-        rep = ShapeReport(Shape(s["B"], s["D"], s["C"], s["group"]),
-                          Result.from_dict(s["baseline"]),
-                          [Result.from_dict(v) for v in s["variants"]],
-                          s["classes_in_batch"], s["floor_bytes"], s["floor_s"],
-                          s.get("load_average"))
+        rep = ShapeReport(
+            Shape(s["B"], s["D"], s["C"], s["group"]),
+            Result.from_dict(s["baseline"]),
+            [Result.from_dict(v) for v in s["variants"]],
+            s["classes_in_batch"],
+            s["floor_bytes"],
+            s["floor_s"],
+            s.get("load_average"),
+        )
         rep.compute()
         reports.append(rep)
     return data, reports
@@ -352,6 +413,7 @@ def read_json(path: Path) -> Tuple[dict, List[ShapeReport]]:
 def plot(path: Path, reports: List[ShapeReport], title: str) -> None:
     """Step time versus batch size, one panel per (D, C), one line per variant, log axes."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
@@ -359,16 +421,18 @@ def plot(path: Path, reports: List[ShapeReport], title: str) -> None:
     panels: Dict[tuple, List[ShapeReport]] = {}
     for r in reports:
         panels.setdefault((r.shape.D, r.shape.C), []).append(r)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 2.0, 4.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 2.0, 4.2), squeeze=False)
     for ax, ((D, C), group) in zip(axes[0], panels.items()):
         group.sort(key=lambda r: r.shape.B)
         names = [r.variant for r in group[0].results]
         for name in ["features.sum()", *names]:
             pts = []
             for rep in group:
-                res = rep.baseline if name == "features.sum()" else next(
-                    (r for r in rep.results if r.variant == name), None)
+                res = (
+                    rep.baseline
+                    if name == "features.sum()"
+                    else next((r for r in rep.results if r.variant == name), None)
+                )
                 t = _median(res, "step")
                 if t is not None:
                     pts.append((rep.shape.B, t * 1e3))

@@ -5,6 +5,7 @@ Whatever goes wrong is recorded in the result's status and the run goes on:
 the time budget), ``skipped`` (would not fit in host memory) or ``error`` (an exception,
 e.g. no kernel for this device).
 """
+
 from __future__ import annotations
 
 import gc
@@ -23,10 +24,10 @@ from .variants import Problem, Step, Variant
 
 @dataclass
 class Settings:
-    min_run_time: float = 1.0   # seconds of timed runs per variant (at least)
-    min_runs: int = 10          # timed blocks per variant (at least; a block: >= 1 call)
-    warmup: int = 3             # untimed steps after the check
-    budget: float = 60.0        # seconds a variant may take in all; slower: "too slow"
+    min_run_time: float = 1.0  # seconds of timed runs per variant (at least)
+    min_runs: int = 10  # timed blocks per variant (at least; a block: >= 1 call)
+    warmup: int = 3  # untimed steps after the check
+    budget: float = 60.0  # seconds a variant may take in all; slower: "too slow"
     cuda_graphs: bool = True
 
 
@@ -43,24 +44,38 @@ class Result:
     errors: Dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"variant": self.variant, "status": self.status, "note": self.note,
-                "step": self.step.as_dict() if self.step else None,
-                "cuda_graph": self.graph.as_dict() if self.graph else None,
-                "cuda_graph_note": self.graph_note, "peak_bytes": self.peak_bytes,
-                "first_call_s": self.first_call_s, "check_errors": self.errors}
+        return {
+            "variant": self.variant,
+            "status": self.status,
+            "note": self.note,
+            "step": self.step.as_dict() if self.step else None,
+            "cuda_graph": self.graph.as_dict() if self.graph else None,
+            "cuda_graph_note": self.graph_note,
+            "peak_bytes": self.peak_bytes,
+            "first_call_s": self.first_call_s,
+            "check_errors": self.errors,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Result":
         """The inverse of :meth:`as_dict`."""
-        return cls(d["variant"], d["status"], d["note"], Stats.from_dict(d["step"]),
-                   Stats.from_dict(d["cuda_graph"]), d["cuda_graph_note"], d["peak_bytes"],
-                   d["first_call_s"], d["check_errors"])
+        return cls(
+            d["variant"],
+            d["status"],
+            d["note"],
+            Stats.from_dict(d["step"]),
+            Stats.from_dict(d["cuda_graph"]),
+            d["cuda_graph_note"],
+            d["peak_bytes"],
+            d["first_call_s"],
+            d["check_errors"],
+        )
 
 
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or (
-        isinstance(e, RuntimeError) and ("out of memory" in str(e)
-                                         or "not enough memory" in str(e)))
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "not enough memory" in str(e))
+    )
 
 
 def describe_failure(e: BaseException) -> Tuple[str, str]:
@@ -71,7 +86,7 @@ def describe_failure(e: BaseException) -> Tuple[str, str]:
 def _first_line(e: BaseException, limit: int = 160) -> str:
     text = (str(e).strip().splitlines() or [""])[0]
     text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _available_host_bytes() -> Optional[int]:
@@ -90,8 +105,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_variant(variant: Variant, problem: Problem, want: Optional[checks.Expected],
-                settings: Settings) -> Result:
+def run_variant(
+    variant: Variant, problem: Problem, want: Optional[checks.Expected], settings: Settings
+) -> Result:
     """``want``: the oracle; None for the baseline, which is not checked."""
     result = Result(variant.name)
     on_cuda = torch.device(problem.device).type == "cuda"
@@ -99,8 +115,7 @@ def run_variant(variant: Variant, problem: Problem, want: Optional[checks.Expect
         need, have = variant.working_bytes(problem.shape), _available_host_bytes()
         if have is not None and need > 0.7 * have:
             result.status = "skipped"
-            result.note = (f"needs about {need / 2**30:.1f} GiB; "
-                           f"{have / 2**30:.1f} GiB available")
+            result.note = f"needs about {need / 2**30:.1f} GiB; {have / 2**30:.1f} GiB available"
             return result
     step: Optional[Step] = None
     try:
@@ -129,8 +144,13 @@ def run_variant(variant: Variant, problem: Problem, want: Optional[checks.Expect
     return result
 
 
-def _measure(step: Step, problem: Problem, settings: Settings, result: Result,
-             first_call_includes_compile: bool) -> None:
+def _measure(
+    step: Step,
+    problem: Problem,
+    settings: Settings,
+    result: Result,
+    first_call_includes_compile: bool,
+) -> None:
     batches = itertools.cycle(problem.batches)
 
     def one() -> None:
@@ -148,14 +168,15 @@ def _measure(step: Step, problem: Problem, settings: Settings, result: Result,
     warmup = settings.warmup if estimate < 0.1 else 1  # a slow step warms up in one go
     if estimate * (warmup + settings.min_runs + 1) > settings.budget:
         result.status = "too slow"
-        result.note = (f"one step takes about {estimate:.2f} s; warm-up and "
-                       f"{settings.min_runs} timed runs would exceed the "
-                       f"{settings.budget:.0f} s budget")
+        result.note = (
+            f"one step takes about {estimate:.2f} s; warm-up and "
+            f"{settings.min_runs} timed runs would exceed the "
+            f"{settings.budget:.0f} s budget"
+        )
         return
     for _ in range(warmup):
         estimate = min(estimate, timed_call())
-    result.step = time_fn(one, problem.device, settings.min_run_time, settings.min_runs,
-                          estimate)
+    result.step = time_fn(one, problem.device, settings.min_run_time, settings.min_runs, estimate)
 
     # Memory: one more step with every gradient dropped first, so they count.
     for x, _ in problem.batches:
@@ -182,6 +203,5 @@ def _graph(step: Step, problem: Problem, settings: Settings, result: Result) -> 
         except Exception as sync_error:  # noqa: BLE001
             result.graph_note += f"; CUDA then reported {_first_line(sync_error, 80)}"
         return
-    result.graph = time_fn(graph.replay, problem.device, settings.min_run_time,
-                           settings.min_runs)
+    result.graph = time_fn(graph.replay, problem.device, settings.min_run_time, settings.min_runs)
     del graph

@@ -1,4 +1,5 @@
 """The shape grid: named groups of (B, D, C) and the parsing of ``--shapes``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,17 +23,21 @@ class Shape:
 # group name -> (D, C, batch sizes, GPU only). Several batch sizes per group give the
 # time-versus-batch-size plot its lines.
 GROUPS: Dict[str, Tuple[int, int, Tuple[int, ...], bool]] = {
-    "mnist": (2, 10, (128, 512, 2048), False),               # LeNet++ on MNIST
-    "face10k": (512, 10_000, (128, 512, 2048), False),       # face training, 10k identities
-    "face100k": (512, 100_000, (512, 1024, 4096), False),    # face training, 100k identities
-    "bandwidth": (512, 100_000, (16_384, 65_536), True),     # memory-bound; GPU only
+    "mnist": (2, 10, (128, 512, 2048), False),  # LeNet++ on MNIST
+    "face10k": (512, 10_000, (128, 512, 2048), False),  # face training, 10k identities
+    "face100k": (512, 100_000, (512, 1024, 4096), False),  # face training, 100k identities
+    "bandwidth": (512, 100_000, (16_384, 65_536), True),  # memory-bound; GPU only
 }
 
 # --quick: the sizes the issue names, nothing else.
 QUICK = {
     "cpu": [Shape(128, 2, 10, "mnist"), Shape(512, 512, 10_000, "face10k")],
-    "cuda": [Shape(128, 2, 10, "mnist"), Shape(512, 512, 10_000, "face10k"),
-             Shape(1024, 512, 100_000, "face100k"), Shape(65_536, 512, 100_000, "bandwidth")],
+    "cuda": [
+        Shape(128, 2, 10, "mnist"),
+        Shape(512, 512, 10_000, "face10k"),
+        Shape(1024, 512, 100_000, "face100k"),
+        Shape(65_536, 512, 100_000, "bandwidth"),
+    ],
 }
 
 
@@ -57,8 +62,10 @@ def parse_shapes(spec: str, device: str) -> List[Shape]:
         else:
             parts = item.lower().replace("_", "").split("x")
             if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-                raise ValueError(f"--shapes: {item!r} is neither a group "
-                                 f"({', '.join(GROUPS)}, all) nor BxDxC with positive sizes")
+                raise ValueError(
+                    f"--shapes: {item!r} is neither a group "
+                    f"({', '.join(GROUPS)}, all) nor BxDxC with positive sizes"
+                )
             shapes.append(Shape(*map(int, parts)))
     unique: List[Shape] = []
     for shape in shapes:

@@ -13,6 +13,7 @@ Bytes per step and rank, from the formula in docs/multi_gpu.md, are printed besi
 
     python bench/sync_cost.py --world 2 --batch 512 --dim 512 --classes 1000 100000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,13 @@ def _rank(rank: int, args, store: str, out: str) -> None:
     if args.nccl:
         torch.cuda.set_device(rank)
         device = f"cuda:{rank}"
-    dist.init_process_group("nccl" if args.nccl else "gloo", init_method=f"file://{store}",
-                            rank=rank, world_size=args.world, timeout=timedelta(minutes=5))
+    dist.init_process_group(
+        "nccl" if args.nccl else "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=args.world,
+        timeout=timedelta(minutes=5),
+    )
     dtype = DTYPES[args.dtype]
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(args.batch, args.dim, generator=g).to(device, dtype)
@@ -71,20 +77,24 @@ def _rank(rank: int, args, store: str, out: str) -> None:
     for classes in args.classes:
         y = torch.randint(0, classes, (args.batch,), generator=g).to(device)
 
-        def step(crit):
+        def step(crit, y=y):
             feats = x.detach().requires_grad_()
             crit(feats, y).backward()
 
         local = cl.CenterLoss(classes, args.dim, device=device, sync=False)
         synced = cl.CenterLoss(classes, args.dim, device=device)
         centers = torch.zeros(classes, args.dim, device=device)
-        rows.append({
-            "classes": classes,
-            "step, local": _ms(lambda: step(local), args.reps, device),
-            "step, synced": _ms(lambda: step(synced), args.reps, device),
-            "exchange": _ms(lambda: all_gather_batch(x, y), args.reps, device),
-            "C×D all-reduce": _ms(lambda: dist.all_reduce(centers), args.reps, device),
-        })
+        rows.append(
+            {
+                "classes": classes,
+                # each timed function is called here, in this iteration: the defaults
+                # bind this iteration's values all the same
+                "step, local": _ms(lambda c=local: step(c), args.reps, device),
+                "step, synced": _ms(lambda c=synced: step(c), args.reps, device),
+                "exchange": _ms(lambda y=y: all_gather_batch(x, y), args.reps, device),
+                "C×D all-reduce": _ms(lambda c=centers: dist.all_reduce(c), args.reps, device),
+            }
+        )
     if rank == 0:
         torch.save(rows, out)
     dist.barrier()
@@ -109,16 +119,24 @@ def main() -> None:
     backend = "NCCL" if args.nccl else "gloo (CPU)"
     dtype = DTYPES[args.dtype]
     gathered = exchanged_bytes(args.world, args.batch, args.dim, dtype)
-    print(f"world {args.world}, {backend}, B = {args.batch} per rank, D = {args.dim}, "
-          f"{args.dtype} features; ms per step, median (min) of {args.reps}\n")
-    print("| C | step, local | step, synced | exchange | exchanged bytes per rank "
-          "| C×D all-reduce | C×D bytes |")
+    print(
+        f"world {args.world}, {backend}, B = {args.batch} per rank, D = {args.dim}, "
+        f"{args.dtype} features; ms per step, median (min) of {args.reps}\n"
+    )
+    print(
+        "| C | step, local | step, synced | exchange | exchanged bytes per rank "
+        "| C×D all-reduce | C×D bytes |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        cells = [f"{r[k][0]:.2f} ({r[k][1]:.2f})" for k in ("step, local", "step, synced",
-                                                           "exchange", "C×D all-reduce")]
-        print(f"| {r['classes']:,} | {cells[0]} | {cells[1]} | {cells[2]} | {gathered:,} | "
-              f"{cells[3]} | {r['classes'] * args.dim * 4:,} |")
+        cells = [
+            f"{r[k][0]:.2f} ({r[k][1]:.2f})"
+            for k in ("step, local", "step, synced", "exchange", "C×D all-reduce")
+        ]
+        print(
+            f"| {r['classes']:,} | {cells[0]} | {cells[1]} | {cells[2]} | {gathered:,} | "
+            f"{cells[3]} | {r['classes'] * args.dim * 4:,} |"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ overhead is negligible, at least ``min_runs`` blocks, and report the median and 
 quartiles of the blocks' per-call times. Warm-up (compilation, caches, allocator) is
 the caller's job.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,13 +56,21 @@ def stats_from_times(times: List[float], per_block: int, method: str) -> Stats:
         q1 = q3 = times[0]
     else:
         q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    return Stats(median=statistics.median(times), q1=q1, q3=q3,
-                 mean=statistics.fmean(times), blocks=len(times), per_block=per_block,
-                 method=method, times=list(times))
+    return Stats(
+        median=statistics.median(times),
+        q1=q1,
+        q3=q3,
+        mean=statistics.fmean(times),
+        blocks=len(times),
+        per_block=per_block,
+        method=method,
+        times=list(times),
+    )
 
 
-def plan_blocks(estimate: float, min_run_time: float, min_runs: int, block_time: float,
-                max_blocks: int = 1000) -> Tuple[int, int]:
+def plan_blocks(
+    estimate: float, min_run_time: float, min_runs: int, block_time: float, max_blocks: int = 1000
+) -> Tuple[int, int]:
     """(calls per block, blocks): blocks of at least ``block_time`` seconds (timer overhead
     negligible), at least ``min_runs`` blocks, at least ``min_run_time`` seconds in all."""
     estimate = max(estimate, 1e-7)
@@ -70,8 +79,9 @@ def plan_blocks(estimate: float, min_run_time: float, min_runs: int, block_time:
     return per_block, max(min_runs, min(max_blocks, blocks))
 
 
-def time_cpu(fn: Callable[[], object], estimate: float, min_run_time: float,
-             min_runs: int = 10) -> Stats:
+def time_cpu(
+    fn: Callable[[], object], estimate: float, min_run_time: float, min_runs: int = 10
+) -> Stats:
     """Blocks of calls timed by the standard library's timeit (perf_counter, garbage
     collection off during a block, as torch.utils.benchmark does; its Timer.timeit would
     add a warm-up to every block) at the current thread count."""
@@ -82,8 +92,9 @@ def time_cpu(fn: Callable[[], object], estimate: float, min_run_time: float,
     return stats_from_times(times, per_block, f"timeit blocks, {threads} torch threads")
 
 
-def time_cuda(fn: Callable[[], object], min_run_time: float, min_runs: int = 10,
-              warmup: int = 3) -> Stats:
+def time_cuda(
+    fn: Callable[[], object], min_run_time: float, min_runs: int = 10, warmup: int = 3
+) -> Stats:
     """CUDA events around blocks of calls on the current stream. Blocks are queued back to
     back and read after one final synchronize, so a launch-bound function is timed at its
     host submission rate and a GPU-bound one at its device time, as in training."""
@@ -94,10 +105,13 @@ def time_cuda(fn: Callable[[], object], min_run_time: float, min_runs: int = 10,
     fn()
     end.record()
     end.synchronize()
-    per_block, blocks = plan_blocks(start.elapsed_time(end) / 1e3, min_run_time, min_runs,
-                                    block_time=2e-3, max_blocks=300)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(blocks)]
+    per_block, blocks = plan_blocks(
+        start.elapsed_time(end) / 1e3, min_run_time, min_runs, block_time=2e-3, max_blocks=300
+    )
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        for _ in range(blocks)
+    ]
     for s, e in events:
         s.record()
         for _ in range(per_block):
@@ -108,8 +122,13 @@ def time_cuda(fn: Callable[[], object], min_run_time: float, min_runs: int = 10,
     return stats_from_times(times, per_block, "CUDA events")
 
 
-def time_fn(fn: Callable[[], object], device: str, min_run_time: float, min_runs: int = 10,
-            estimate: Optional[float] = None) -> Stats:
+def time_fn(
+    fn: Callable[[], object],
+    device: str,
+    min_run_time: float,
+    min_runs: int = 10,
+    estimate: Optional[float] = None,
+) -> Stats:
     """The right timer for ``device``; on the CPU, ``estimate`` (seconds per call, from the
     caller's warm-up) sizes the blocks, and a missing one is measured."""
     if torch.device(device).type == "cuda":

@@ -10,6 +10,7 @@ gradient of the features, subtracted to give each loss's own cost.
 ``torch.compile`` variants compile the loss module (``torch.compile(module)``, static
 shapes, not fullgraph): forward and backward are compiled, the step around it is not.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from centerloss_ext import reference
 from .distance_matrix import DistanceMatrixCenterLoss
 from .shapes import Shape
 
-ALPHA = 0.5   # the alpha rule's rate (CenterLoss's default)
+ALPHA = 0.5  # the alpha rule's rate (CenterLoss's default)
 SGD_LR = 0.5  # the distance-matrix version's center learning rate
 
 
@@ -40,8 +41,9 @@ class Problem:
     centers0: torch.Tensor
 
     @classmethod
-    def make(cls, shape: Shape, device: str, dtype: torch.dtype, num_batches: int = 4,
-             seed: int = 0) -> "Problem":
+    def make(
+        cls, shape: Shape, device: str, dtype: torch.dtype, num_batches: int = 4, seed: int = 0
+    ) -> "Problem":
         """Random features N(0, 1), uniform labels, centers N(0, 1) (float32)."""
         g = torch.Generator(device=device).manual_seed(seed)
         batches = []
@@ -152,8 +154,7 @@ def _dm_bytes(s: Shape) -> int:
 
 
 def _alpha(cls, compile: bool) -> Callable[[Problem], Step]:
-    return lambda p: AlphaStep(cls(p.shape.C, p.shape.D, alpha=ALPHA, device=p.device), p,
-                               compile)
+    return lambda p: AlphaStep(cls(p.shape.C, p.shape.D, alpha=ALPHA, device=p.device), p, compile)
 
 
 BASELINE = Variant("features.sum()", lambda p: SumStep())
@@ -163,9 +164,12 @@ VARIANTS: List[Variant] = [
     Variant("centerloss_ext compiled", _alpha(centerloss_ext.CenterLoss, True), compiled=True),
     Variant("reference", _alpha(reference.CenterLoss, False)),
     Variant("reference compiled", _alpha(reference.CenterLoss, True), compiled=True),
-    Variant("distance matrix",
-            lambda p: SGDStep(DistanceMatrixCenterLoss(p.shape.C, p.shape.D, device=p.device),
-                              p, False),
-            working_bytes=_dm_bytes),
+    Variant(
+        "distance matrix",
+        lambda p: SGDStep(
+            DistanceMatrixCenterLoss(p.shape.C, p.shape.D, device=p.device), p, False
+        ),
+        working_bytes=_dm_bytes,
+    ),
 ]
 BY_NAME: Dict[str, Variant] = {v.name: v for v in [BASELINE, *VARIANTS]}

@@ -26,6 +26,7 @@ produce an extension the installed torch refuses. With `--no-build-isolation` th
 path runs and finds torch already importable. centerloss_ext/_loader.py still checks at
 import that the running torch is the one built against.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -88,8 +89,9 @@ def _parent_python() -> Optional[str]:
         cwd = os.readlink(f"/proc/{ppid}/cwd")
     except (OSError, UnicodeDecodeError):
         try:
-            argv0 = subprocess.run(["ps", "-o", "args=", "-p", str(ppid)], capture_output=True,
-                                   text=True, timeout=10).stdout.split()[0]
+            argv0 = subprocess.run(
+                ["ps", "-o", "args=", "-p", str(ppid)], capture_output=True, text=True, timeout=10
+            ).stdout.split()[0]
             cwd = None
         except (OSError, subprocess.SubprocessError, IndexError):
             return None
@@ -97,6 +99,7 @@ def _parent_python() -> Optional[str]:
         return None
     if os.sep not in argv0:  # found on the parent's PATH
         import shutil
+
         return shutil.which(argv0)
     if not os.path.isabs(argv0):
         if cwd is None:
@@ -111,8 +114,14 @@ def probe(python: str, timeout: float = PROBE_TIMEOUT_S) -> Tuple[Optional[Dict]
         return None, "no such file"
     env = {k: v for k, v in os.environ.items() if k not in HIDING_VARIABLES}
     try:
-        run = subprocess.run([python, "-c", _PROBE], env=env, stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=timeout)
+        run = subprocess.run(
+            [python, "-c", _PROBE],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return None, f"did not answer within {timeout:.0f} s"
     except OSError as e:
@@ -146,9 +155,11 @@ class _Search:
         if "torch_version" not in facts:
             self.looked.append(f"{where}: no torch")
         elif not facts["usable"]:
-            self.looked.append(f"{where}: torch {facts['torch_version']} for Python "
-                               f"{facts['python_version']}, but this build runs Python "
-                               f"{sys.version_info[0]}.{sys.version_info[1]}")
+            self.looked.append(
+                f"{where}: torch {facts['torch_version']} for Python "
+                f"{facts['python_version']}, but this build runs Python "
+                f"{sys.version_info[0]}.{sys.version_info[1]}"
+            )
         return facts
 
     def fail(self) -> "TorchNotFound":
@@ -156,7 +167,8 @@ class _Search:
             "centerloss_ext: no PyTorch found to build against. Install torch first, into "
             "the environment centerloss_ext goes into (pip install torch), then run this "
             "command again. Looked in: " + "; ".join(self.looked) + ". If torch is in "
-            f"another environment, name its python: {OVERRIDE}=/path/to/env/bin/python.")
+            f"another environment, name its python: {OVERRIDE}=/path/to/env/bin/python."
+        )
 
 
 def _same_environment(a: Dict, b: Dict) -> bool:
@@ -211,13 +223,19 @@ def use_torch() -> Dict:
             f"centerloss_ext: the build would import the torch in {imported}, not the "
             f"target environment's torch {facts['torch_version']} in {root} (found via "
             f"{facts['how']}); remove torch from the build requirements, or build with "
-            "pip install --no-build-isolation .")
-    print(f"centerloss_ext: building against torch {facts['torch_version']} in {root}, "
-          f"found via {facts['how']} ({facts['python']})", file=sys.stderr, flush=True)
+            "pip install --no-build-isolation ."
+        )
+    print(
+        f"centerloss_ext: building against torch {facts['torch_version']} in {root}, "
+        f"found via {facts['how']} ({facts['python']})",
+        file=sys.stderr,
+        flush=True,
+    )
     return facts
 
 
 # --- the PEP 517 / 660 hooks: setuptools' own, after use_torch() ---------------------
+
 
 def get_requires_for_build_wheel(config_settings=None):
     use_torch()
@@ -241,8 +259,7 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
 
 def prepare_metadata_for_build_editable(metadata_directory, config_settings=None):
     use_torch()
-    return _setuptools.prepare_metadata_for_build_editable(metadata_directory,
-                                                            config_settings)
+    return _setuptools.prepare_metadata_for_build_editable(metadata_directory, config_settings)
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):

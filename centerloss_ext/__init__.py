@@ -11,18 +11,24 @@ plain PyTorch. `python -m centerloss_ext` prints how this copy was built.
 CenterLoss first syncs, on `import centerloss_ext.distributed`, or on attribute access
 here. A single process never imports it.
 """
+
 from ._loader import load as _load
 
 _load()
 
-from ._build_info import VERSION as __version__  # noqa: E402
 from . import reference  # noqa: E402,F401  (centerloss_ext.reference, the same API in PyTorch)
+from ._build_info import VERSION as __version__  # noqa: E402
 from .module import CenterLoss  # noqa: E402
-from .ops import (center_loss, center_loss_and_update_, set_cuda_label_check,  # noqa: E402
-                  update_centers_)
+from .ops import center_loss, center_loss_and_update_, set_cuda_label_check, update_centers_  # noqa: E402
 
-__all__ = ["CenterLoss", "center_loss", "center_loss_and_update_", "update_centers_",
-           "set_cuda_label_check", "__version__"]
+__all__ = [
+    "CenterLoss",
+    "center_loss",
+    "center_loss_and_update_",
+    "update_centers_",
+    "set_cuda_label_check",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -2,24 +2,26 @@
 machine it runs on (the facts in centerloss_ext._machine, which the benchmark and the
 training records take from there too). The first thing to run when the install
 misbehaves."""
+
 from __future__ import annotations
 
 import platform
 
 import torch
 
-OPS = ("forward", "forward_update_", "update_centers_", "backward_features",
-       "backward_centers")
+OPS = ("forward", "forward_update_", "update_centers_", "backward_features", "backward_centers")
 
 
 def build_facts() -> dict:
-    from . import _build_info
-    from ._machine import cpu_name
     import centerloss_ext  # noqa: F401  (loads the ops)
 
+    from . import _build_info
+    from ._machine import cpu_name
+
     has = torch._C._dispatch_has_kernel_for_dispatch_key
-    kernels = {key: all(has(f"centerloss::{op}", key) for op in OPS)
-               for key in ("CPU", "CUDA", "Meta")}
+    kernels = {
+        key: all(has(f"centerloss::{op}", key) for op in OPS) for key in ("CPU", "CUDA", "Meta")
+    }
     return {
         "centerloss_ext": _build_info.VERSION,
         "built against torch": _build_info.TORCH_VERSION,
@@ -28,7 +30,8 @@ def build_facts() -> dict:
         "CUDA version": _build_info.CUDA_VERSION,
         "CUDA archs": _build_info.CUDA_ARCHS,
         "kernels registered (CPU/CUDA/Meta)": "/".join(
-            "yes" if kernels[k] else "no" for k in ("CPU", "CUDA", "Meta")),
+            "yes" if kernels[k] else "no" for k in ("CPU", "CUDA", "Meta")
+        ),
         "GPU visible": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
         "CPU": cpu_name(),
         "CPU threads": torch.get_num_threads(),

@@ -4,6 +4,7 @@ The compiled kernels check the same rules in C++ (csrc/checks.cpp) with the same
 messages; these run where no C++ kernel does: at trace time under torch.compile,
 and in the pure-PyTorch reference.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,32 +34,44 @@ def check_inputs(features: torch.Tensor, labels: torch.Tensor, centers: torch.Te
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
     if features.dtype not in FLOAT_DTYPES:
-        raise TypeError("features must be float16, bfloat16, float32 or float64; "
-                        f"got {features.dtype}")
+        raise TypeError(
+            f"features must be float16, bfloat16, float32 or float64; got {features.dtype}"
+        )
     if centers.dtype not in FLOAT_DTYPES:
-        raise TypeError("centers must be float16, bfloat16, float32 or float64; "
-                        f"got {centers.dtype}")
+        raise TypeError(
+            f"centers must be float16, bfloat16, float32 or float64; got {centers.dtype}"
+        )
     if labels.dtype not in LABEL_DTYPES:
-        raise TypeError("labels must be an integer tensor (int64 or int32) of class indices; "
-                        f"got {labels.dtype}")
+        raise TypeError(
+            "labels must be an integer tensor (int64 or int32) of class indices; "
+            f"got {labels.dtype}"
+        )
     if features.dim() != 2:
-        raise ValueError(f"features must be 2-D (batch, feature_dim); got shape "
-                         f"{tuple(features.shape)}")
+        raise ValueError(
+            f"features must be 2-D (batch, feature_dim); got shape {tuple(features.shape)}"
+        )
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D (batch,); got shape {tuple(labels.shape)}")
     if centers.dim() != 2:
-        raise ValueError(f"centers must be 2-D (num_classes, feature_dim); got shape "
-                         f"{tuple(centers.shape)}")
+        raise ValueError(
+            f"centers must be 2-D (num_classes, feature_dim); got shape {tuple(centers.shape)}"
+        )
     if features.shape[1] != centers.shape[1]:
-        raise ValueError(f"features must have feature_dim = {centers.shape[1]} columns "
-                         f"(the width of centers); got {features.shape[1]}")
+        raise ValueError(
+            f"features must have feature_dim = {centers.shape[1]} columns "
+            f"(the width of centers); got {features.shape[1]}"
+        )
     if features.shape[0] != labels.shape[0]:
-        raise ValueError("features and labels must have the same batch size; got "
-                         f"{features.shape[0]} features and {labels.shape[0]} labels")
+        raise ValueError(
+            "features and labels must have the same batch size; got "
+            f"{features.shape[0]} features and {labels.shape[0]} labels"
+        )
     if not (features.device == labels.device == centers.device):
-        raise RuntimeError("features, labels and centers must be on the same device; got "
-                           f"features on {features.device}, labels on {labels.device}, "
-                           f"centers on {centers.device}")
+        raise RuntimeError(
+            "features, labels and centers must be on the same device; got "
+            f"features on {features.device}, labels on {labels.device}, "
+            f"centers on {centers.device}"
+        )
 
 
 def check_label_range(labels: torch.Tensor, num_classes: int) -> None:
@@ -68,8 +81,10 @@ def check_label_range(labels: torch.Tensor, num_classes: int) -> None:
     bad = ((labels < 0) | (labels >= num_classes)).nonzero()
     if bad.numel():
         i = int(bad[0, 0])
-        raise IndexError(f"labels must be in [0, num_classes) = [0, {num_classes}); "
-                         f"got labels[{i}] = {int(labels[i])}")
+        raise IndexError(
+            f"labels must be in [0, num_classes) = [0, {num_classes}); "
+            f"got labels[{i}] = {int(labels[i])}"
+        )
 
 
 def loss_dtype(features_dtype: torch.dtype) -> torch.dtype:

@@ -1,6 +1,7 @@
 """Facts about the machine a run or a benchmark ran on: the CPU's name and the
 environment recorded in metrics.json and the benchmark's JSON. `python -m centerloss_ext`
 prints them too. Only torch and the standard library are imported here."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,10 @@ def environment(device: torch.device) -> Dict[str, Any]:
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"cpu: {cpu_name()}, {os.cpu_count()} cores"),
+        "device": (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"cpu: {cpu_name()}, {os.cpu_count()} cores"
+        ),
         "cpu_threads": torch.get_num_threads(),
     }

@@ -13,6 +13,7 @@ number (the index into ``implementations.IMPLEMENTATIONS``) and the default grou
 ``centerloss_ext.distributed`` (the multi-process sync) is imported on first use only:
 when a step syncs or a process group is given. A single process never loads it.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Union
@@ -35,6 +36,7 @@ DEFAULT_GROUP_KEY = 0
 def _distributed():
     """centerloss_ext.distributed, imported when first needed."""
     from . import distributed
+
     return distributed
 
 
@@ -52,12 +54,19 @@ class CenterLossBase(nn.Module):
     _center_loss: Callable[..., torch.Tensor]
     _center_loss_and_update_: Callable[..., torch.Tensor]
 
-    def __init__(self, num_classes: int, feature_dim: int, alpha: float = 0.5,
-                 center_update: str = "alpha", reduction: str = "mean",
-                 device: Optional[Union[torch.device, str]] = None,
-                 dtype: torch.dtype = torch.float32, *,
-                 process_group: Optional["torch.distributed.ProcessGroup"] = None,
-                 sync: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        feature_dim: int,
+        alpha: float = 0.5,
+        center_update: str = "alpha",
+        reduction: str = "mean",
+        device: Optional[Union[torch.device, str]] = None,
+        dtype: torch.dtype = torch.float32,
+        *,
+        process_group: Optional["torch.distributed.ProcessGroup"] = None,
+        sync: bool = True,
+    ) -> None:
         super().__init__()
         if not (isinstance(num_classes, int) and num_classes > 0):
             raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
@@ -73,8 +82,9 @@ class CenterLossBase(nn.Module):
         self.center_update = center_update
         self.reduction = reduction
         self.sync = bool(sync)
-        self._group_key = (DEFAULT_GROUP_KEY if process_group is None
-                           else _distributed().group_key(process_group))
+        self._group_key = (
+            DEFAULT_GROUP_KEY if process_group is None else _distributed().group_key(process_group)
+        )
         self._centers_shared = False  # every rank holds rank 0's centers (see forward)
         self.register_load_state_dict_post_hook(_centers_loaded)
         centers = torch.zeros(num_classes, feature_dim, device=device, dtype=dtype)
@@ -97,9 +107,11 @@ class CenterLossBase(nn.Module):
 
     def syncs_centers(self) -> bool:
         """Whether a training-mode forward exchanges the batch with the other ranks now."""
-        return (self.center_update == "alpha" and self.sync
-                and (self._group_key != DEFAULT_GROUP_KEY
-                     or _default_group_is_initialized()))
+        return (
+            self.center_update == "alpha"
+            and self.sync
+            and (self._group_key != DEFAULT_GROUP_KEY or _default_group_is_initialized())
+        )
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss of ``features`` (B, D) with ``labels`` (B,); in alpha mode and training,
@@ -107,8 +119,9 @@ class CenterLossBase(nn.Module):
         if self.center_update == "alpha" and self.training:
             if self.syncs_centers():
                 return self._synced_step(features, labels)
-            return self._center_loss_and_update_(features, labels, self.centers, self.alpha,
-                                                 self.reduction)
+            return self._center_loss_and_update_(
+                features, labels, self.centers, self.alpha, self.reduction
+            )
         return self._center_loss(features, labels, self.centers, self.reduction)
 
     def _synced_step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -128,14 +141,17 @@ class CenterLossBase(nn.Module):
             distributed.announce_failure(self.centers.device, self.process_group)
             raise
         # After the loss, which uses the centers from before the update.
-        distributed.sync_update_op(self.centers, features.detach(), labels, self.alpha,
-                                   self._group_key, self._impl)
+        distributed.sync_update_op(
+            self.centers, features.detach(), labels, self.alpha, self._group_key, self._impl
+        )
         return loss
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
-                f"alpha={self.alpha}, center_update={self.center_update!r}, "
-                f"reduction={self.reduction!r}" + ("" if self.sync else ", sync=False"))
+        return (
+            f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
+            f"alpha={self.alpha}, center_update={self.center_update!r}, "
+            f"reduction={self.reduction!r}" + ("" if self.sync else ", sync=False")
+        )
 
 
 def _centers_loaded(module: CenterLossBase, incompatible_keys) -> None:

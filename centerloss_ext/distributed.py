@@ -31,6 +31,7 @@ A single process never loads this file: CenterLoss imports it on its first synce
 or when given a process group. The update each implementation applies to the gathered
 batch comes from ``implementations`` (the synced op names it by number).
 """
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -58,11 +59,14 @@ def group_key(group: Optional["dist.ProcessGroup"]) -> int:
     if group is None:
         return DEFAULT_GROUP_KEY
     if not dist.is_available():
-        raise RuntimeError("process_group was given but torch.distributed is not available "
-                           "in this build of torch")
+        raise RuntimeError(
+            "process_group was given but torch.distributed is not available in this build of torch"
+        )
     if not isinstance(group, dist.ProcessGroup):
-        raise TypeError("process_group must be a torch.distributed.ProcessGroup or None; got "
-                        f"{type(group).__name__}")
+        raise TypeError(
+            "process_group must be a torch.distributed.ProcessGroup or None; got "
+            f"{type(group).__name__}"
+        )
     key = id(group)  # stays unique: _GROUPS holds a reference to the group
     _GROUPS.setdefault(key, group)
     return key
@@ -74,6 +78,7 @@ def group_of(key: int) -> Optional["dist.ProcessGroup"]:
 
 
 # --- the exchange -------------------------------------------------------------------------
+
 
 def _gather_rows(send: torch.Tensor, group) -> torch.Tensor:
     """All-gather equal-shaped ``send`` tensors into one (world × rows, ...) tensor, in rank
@@ -94,35 +99,40 @@ def _pack(features: torch.Tensor, labels: torch.Tensor, rows: int) -> torch.Tens
     width = dim * features.dtype.itemsize
     buf = torch.empty(rows, 8 + -(-width // 8) * 8, dtype=torch.uint8, device=features.device)
     buf[:batch, :8] = labels.to(torch.int64).unsqueeze(1).view(torch.uint8)
-    buf[:batch, 8:8 + width] = features.contiguous().view(torch.uint8)
+    buf[:batch, 8 : 8 + width] = features.contiguous().view(torch.uint8)
     return buf
 
 
-def _unpack(buf: torch.Tensor, dim: int, dtype: torch.dtype
-            ) -> Tuple[torch.Tensor, torch.Tensor]:
+def _unpack(buf: torch.Tensor, dim: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     """The features and labels of gathered rows, as views (the features' rows strided:
     the update kernels take any strides)."""
     width = dim * dtype.itemsize
-    return buf[:, 8:8 + width].view(dtype), buf[:, :8].view(torch.int64).squeeze(1)
+    return buf[:, 8 : 8 + width].view(dtype), buf[:, :8].view(torch.int64).squeeze(1)
 
 
 def _exchange_headers(header: List[int], device: torch.device, group) -> List[List[int]]:
-    return _gather_rows(torch.tensor([header], dtype=torch.int64, device=device),
-                        group).tolist()
+    return _gather_rows(torch.tensor([header], dtype=torch.int64, device=device), group).tolist()
 
 
 def _check_local(features, labels, centers) -> None:
     if centers is not None:
         check_inputs(features, labels, centers)
-    elif not (isinstance(features, torch.Tensor) and features.dim() == 2
-              and features.dtype in FLOAT_DTYPES and isinstance(labels, torch.Tensor)
-              and labels.shape == features.shape[:1] and not labels.is_floating_point()):
-        raise ValueError("all_gather_batch wants 2-D floating features (B, D) and integer "
-                         "labels (B,)")
+    elif not (
+        isinstance(features, torch.Tensor)
+        and features.dim() == 2
+        and features.dtype in FLOAT_DTYPES
+        and isinstance(labels, torch.Tensor)
+        and labels.shape == features.shape[:1]
+        and not labels.is_floating_point()
+    ):
+        raise ValueError(
+            "all_gather_batch wants 2-D floating features (B, D) and integer labels (B,)"
+        )
 
 
-def _gather(features: torch.Tensor, labels: torch.Tensor, centers: Optional[torch.Tensor],
-            group) -> Tuple[torch.Tensor, torch.Tensor]:
+def _gather(
+    features: torch.Tensor, labels: torch.Tensor, centers: Optional[torch.Tensor], group
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The global batch; see all_gather_batch. Raises on every rank if one rank's inputs
     fail their checks (that rank raises its own error)."""
     device = (centers if centers is not None else features).device
@@ -132,24 +142,27 @@ def _gather(features: torch.Tensor, labels: torch.Tensor, centers: Optional[torc
         announce_failure(device, group)
         raise
     headers = _exchange_headers(
-        [1, features.shape[0], features.shape[1], FLOAT_DTYPES.index(features.dtype)],
-        device, group)
+        [1, features.shape[0], features.shape[1], FLOAT_DTYPES.index(features.dtype)], device, group
+    )
     bad = [r for r, h in enumerate(headers) if not h[0]]
     if bad:
-        raise RuntimeError(f"center sync: rank(s) {bad} of the process group had invalid "
-                           "inputs (see the error there); centers left untouched on every rank")
+        raise RuntimeError(
+            f"center sync: rank(s) {bad} of the process group had invalid "
+            "inputs (see the error there); centers left untouched on every rank"
+        )
     if len({(d, k) for _, _, d, k in headers}) > 1:
-        got = [f"rank {r}: width {d}, {FLOAT_DTYPES[k]}"
-               for r, (_, _, d, k) in enumerate(headers)]
-        raise ValueError("center sync: every rank must pass features of the same width and "
-                         "dtype; got " + "; ".join(got))
+        got = [f"rank {r}: width {d}, {FLOAT_DTYPES[k]}" for r, (_, _, d, k) in enumerate(headers)]
+        raise ValueError(
+            "center sync: every rank must pass features of the same width and "
+            "dtype; got " + "; ".join(got)
+        )
     sizes = [h[1] for h in headers]
     rows = max(sizes)
     if rows == 0:  # every rank's batch is empty: nothing to exchange
         return features.new_empty(0, features.shape[1]), labels.new_empty(0, dtype=torch.int64)
     gathered = _gather_rows(_pack(features.detach(), labels, rows), group)
     if any(n != rows for n in sizes):  # drop the padding rows
-        gathered = torch.cat([gathered[r * rows:r * rows + n] for r, n in enumerate(sizes) if n])
+        gathered = torch.cat([gathered[r * rows : r * rows + n] for r, n in enumerate(sizes) if n])
     return _unpack(gathered, features.shape[1], features.dtype)
 
 
@@ -159,9 +172,9 @@ def announce_failure(device: torch.device, group) -> None:
     _exchange_headers([0, 0, 0, 0], device, group)
 
 
-def all_gather_batch(features: torch.Tensor, labels: torch.Tensor,
-                     group: Optional["dist.ProcessGroup"] = None
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+def all_gather_batch(
+    features: torch.Tensor, labels: torch.Tensor, group: Optional["dist.ProcessGroup"] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The global batch: the features and labels of every rank of ``group``, concatenated in
     rank order. A collective: every rank of the group must call it, with any batch size
     (0 included) but the same feature width and dtype.
@@ -187,8 +200,15 @@ def all_gather_batch(features: torch.Tensor, labels: torch.Tensor,
 
 # --- the ops CenterLoss calls ---------------------------------------------------------------
 
-def _sync_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
-                  alpha: float, key: int, impl: int) -> None:
+
+def _sync_update_(
+    centers: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    key: int,
+    impl: int,
+) -> None:
     x, y = _gather(features, labels, centers, group_of(key))
     # deterministic: the same sums in the same order on every rank (on CUDA the default
     # path adds with atomics, whose order varies), so the centers stay bit-identical.
@@ -196,9 +216,12 @@ def _sync_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.T
 
 
 sync_update_op = torch.library.custom_op(
-    "centerloss::sync_update_", _sync_update_, mutates_args=("centers",),
+    "centerloss::sync_update_",
+    _sync_update_,
+    mutates_args=("centers",),
     schema="(Tensor(a!) centers, Tensor features, Tensor labels, float alpha, int group_key, "
-           "int impl) -> ()")
+    "int impl) -> ()",
+)
 sync_update_op.__doc__ = """The alpha rule applied to the global batch of the group of
 ``group_key``, in place, the same on every rank. ``impl``: the number of the implementation
 that does the update (implementations.COMPILED or .REFERENCE). The labels must have been
@@ -220,8 +243,11 @@ def _broadcast_(centers: torch.Tensor, key: int) -> None:
 
 
 broadcast_op = torch.library.custom_op(
-    "centerloss::broadcast_", _broadcast_, mutates_args=("centers",),
-    schema="(Tensor(a!) centers, int group_key) -> ()")
+    "centerloss::broadcast_",
+    _broadcast_,
+    mutates_args=("centers",),
+    schema="(Tensor(a!) centers, int group_key) -> ()",
+)
 broadcast_op.__doc__ = "The centers of the group's first rank, copied to every rank."
 
 

@@ -8,6 +8,7 @@ which needs its own), and ``distributed`` looks the update up here. A module of 
 that the multi-process sync finds both implementations without module.py, or a single
 process, ever importing the sync.
 """
+
 from . import ops, reference
 from ._module_base import COMPILED, REFERENCE
 

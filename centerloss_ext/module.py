@@ -5,6 +5,7 @@ Its code is shared with ``centerloss_ext.reference.CenterLoss``, the same module
 plain-PyTorch functions, through ``_module_base.CenterLossBase``: each class lives beside
 the functions it runs on, so the oracle (reference.py) never imports the compiled ops.
 """
+
 from __future__ import annotations
 
 from . import ops

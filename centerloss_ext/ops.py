@@ -9,6 +9,7 @@ so the in-place alpha update cannot invalidate what backward needs. Under
 torch ops on the saved rows backward), so double backward gives true second-order
 gradients; torch.compile's AOTAutograd refuses double backward with its own error.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -22,14 +23,15 @@ _ops = torch.ops.centerloss
 
 # --- fake (meta) kernels: shapes and dtypes for torch.compile and meta tensors ------------
 
-def _fake_outputs(features: torch.Tensor, centers: torch.Tensor, reduction: int,
-                  need_diff: bool):
+
+def _fake_outputs(features: torch.Tensor, centers: torch.Tensor, reduction: int, need_diff: bool):
     B, D = features.shape
     loss_shape = (B,) if reduction == 0 else ()
     loss = features.new_empty(loss_shape, dtype=loss_dtype(features.dtype))
     # diff rows in the accumulation dtype: backward and the center sums read them unrounded
-    diff = features.new_empty((B if need_diff else 0, D),
-                              dtype=acc_dtype(features.dtype, centers.dtype))
+    diff = features.new_empty(
+        (B if need_diff else 0, D), dtype=acc_dtype(features.dtype, centers.dtype)
+    )
     return loss, diff
 
 
@@ -40,8 +42,9 @@ def _forward_fake(features, labels, centers, reduction, need_diff):
 
 
 @torch.library.register_fake("centerloss::forward_update_")
-def _forward_update_fake(centers, features, labels, reduction, alpha, need_diff,
-                         deterministic=False):
+def _forward_update_fake(
+    centers, features, labels, reduction, alpha, need_diff, deterministic=False
+):
     check_inputs(features, labels, centers)
     check_alpha(alpha)
     return _fake_outputs(features, centers, reduction, need_diff)
@@ -59,15 +62,18 @@ def _backward_features_fake(grad_loss, diff, reduction, out_dtype=None):
 
 
 @torch.library.register_fake("centerloss::backward_centers")
-def _backward_centers_fake(grad_loss, diff, labels, reduction, num_classes, centers_dtype,
-                           deterministic=False):
+def _backward_centers_fake(
+    grad_loss, diff, labels, reduction, num_classes, centers_dtype, deterministic=False
+):
     return diff.new_empty((num_classes, diff.shape[1]), dtype=centers_dtype)
 
 
 # --- autograd ---------------------------------------------------------------------------
 
+
 class _Saved(NamedTuple):
     """What the loss's forward keeps for its backward, beside the saved tensors."""
+
     reduction: int
     num_classes: int
     centers_dtype: torch.dtype
@@ -79,19 +85,30 @@ class _CenterLossFunction(torch.autograd.Function):
     applies the alpha rule to the centers (which then must not require grad)."""
 
     @staticmethod
-    def forward(ctx, features, labels, centers, reduction: int, alpha: Optional[float],
-                need_diff: bool):
+    def forward(
+        ctx, features, labels, centers, reduction: int, alpha: Optional[float], need_diff: bool
+    ):
         if alpha is None:
             loss, diff = _ops.forward(features, labels, centers, reduction, need_diff)
         else:
-            loss, diff = _ops.forward_update_(centers, features, labels, reduction, alpha,
-                                              need_diff,
-                                              torch.are_deterministic_algorithms_enabled())
+            loss, diff = _ops.forward_update_(
+                centers,
+                features,
+                labels,
+                reduction,
+                alpha,
+                need_diff,
+                torch.are_deterministic_algorithms_enabled(),
+            )
         # features and centers only as the inputs a double backward differentiates
         # (never read: backward reads diff). The centers only when they take a gradient,
         # which the alpha rule forbids: its update would fail autograd's version check.
-        ctx.save_for_backward(diff, labels, features if ctx.needs_input_grad[0] else None,
-                              centers if ctx.needs_input_grad[2] else None)
+        ctx.save_for_backward(
+            diff,
+            labels,
+            features if ctx.needs_input_grad[0] else None,
+            centers if ctx.needs_input_grad[2] else None,
+        )
         ctx.saved = _Saved(reduction, centers.shape[0], centers.dtype, features.dtype)
         return loss
 
@@ -101,26 +118,47 @@ class _CenterLossFunction(torch.autograd.Function):
         deterministic = torch.are_deterministic_algorithms_enabled()
         if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable
             grad_features, grad_centers = _CenterLossBackward.apply(
-                grad_loss, features, centers, diff, labels, ctx.saved, deterministic)
+                grad_loss, features, centers, diff, labels, ctx.saved, deterministic
+            )
         else:
             grad_features, grad_centers = _fused_backward(
-                grad_loss, diff, labels, ctx.saved, deterministic,
-                ctx.needs_input_grad[0], ctx.needs_input_grad[2])
+                grad_loss,
+                diff,
+                labels,
+                ctx.saved,
+                deterministic,
+                ctx.needs_input_grad[0],
+                ctx.needs_input_grad[2],
+            )
         return grad_features, None, grad_centers, None, None, None
 
 
-def _fused_backward(grad_loss, diff, labels, saved: _Saved, deterministic: bool,
-                    need_features: bool, need_centers: bool):
+def _fused_backward(
+    grad_loss,
+    diff,
+    labels,
+    saved: _Saved,
+    deterministic: bool,
+    need_features: bool,
+    need_centers: bool,
+):
     """The gradients for the features and the centers (each None when not needed), by the
     fused backward ops."""
     grad_features = grad_centers = None
     if need_features:
-        grad_features = _ops.backward_features(grad_loss, diff, saved.reduction,
-                                               saved.features_dtype)
+        grad_features = _ops.backward_features(
+            grad_loss, diff, saved.reduction, saved.features_dtype
+        )
     if need_centers:
-        grad_centers = _ops.backward_centers(grad_loss, diff, labels, saved.reduction,
-                                             saved.num_classes, saved.centers_dtype,
-                                             deterministic)
+        grad_centers = _ops.backward_centers(
+            grad_loss,
+            diff,
+            labels,
+            saved.reduction,
+            saved.num_classes,
+            saved.centers_dtype,
+            deterministic,
+        )
     return grad_features, grad_centers
 
 
@@ -141,12 +179,14 @@ class _CenterLossBackward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, grad_loss, features, centers, diff, labels, saved: _Saved,
-                deterministic: bool):
+    def forward(
+        ctx, grad_loss, features, centers, diff, labels, saved: _Saved, deterministic: bool
+    ):
         ctx.save_for_backward(grad_loss, features, centers, diff, labels)
         ctx.saved = saved
-        return _fused_backward(grad_loss, diff, labels, saved, deterministic,
-                               features is not None, centers is not None)
+        return _fused_backward(
+            grad_loss, diff, labels, saved, deterministic, features is not None, centers is not None
+        )
 
     @staticmethod
     def backward(ctx, grad_grad_features, grad_grad_centers):
@@ -178,8 +218,11 @@ class _CenterLossBackward(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_x = scaled.to(features.dtype)
         if ctx.needs_input_grad[2]:
-            grad_c = scaled.new_zeros(ctx.saved.num_classes, diff.shape[1]).index_add(
-                0, labels, -scaled).to(centers.dtype)
+            grad_c = (
+                scaled.new_zeros(ctx.saved.num_classes, diff.shape[1])
+                .index_add(0, labels, -scaled)
+                .to(centers.dtype)
+            )
         return grad_g, grad_x, grad_c, None, None, None, None
 
 
@@ -198,8 +241,10 @@ def _needs_diff(features: torch.Tensor, centers: torch.Tensor) -> bool:
 
 # --- functional API ---------------------------------------------------------------------
 
-def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
-                reduction: str = "mean") -> torch.Tensor:
+
+def center_loss(
+    features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """Center loss ``l_i = ½‖x_i − c_{y_i}‖²``, reduced by ``reduction``.
 
     Args:
@@ -213,13 +258,18 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
         changed; see :func:`center_loss_and_update_` for the training step of alpha mode.
     """
     red = reduction_code(reduction)
-    return _CenterLossFunction.apply(features, labels, centers, red, None,
-                                     _needs_diff(features, centers))
+    return _CenterLossFunction.apply(
+        features, labels, centers, red, None, _needs_diff(features, centers)
+    )
 
 
-def center_loss_and_update_(features: torch.Tensor, labels: torch.Tensor,
-                            centers: torch.Tensor, alpha: float,
-                            reduction: str = "mean") -> torch.Tensor:
+def center_loss_and_update_(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    centers: torch.Tensor,
+    alpha: float,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """The alpha-mode training step in one fused pass: the loss of
     :func:`center_loss` with the centers as they are, then the paper's update
     ``c_j ← c_j − α Σ_{y_i=j}(c_j − x_i) / (1 + n_j)`` applied in place to the classes in
@@ -230,10 +280,13 @@ def center_loss_and_update_(features: torch.Tensor, labels: torch.Tensor,
     red = reduction_code(reduction)
     check_alpha(alpha)
     if centers.requires_grad:
-        raise ValueError("centers must not require grad when updated by the alpha rule; "
-                         "use center_update='optimizer' to learn them by gradient")
-    return _CenterLossFunction.apply(features, labels, centers, red, float(alpha),
-                                     _needs_diff(features, centers))
+        raise ValueError(
+            "centers must not require grad when updated by the alpha rule; "
+            "use center_update='optimizer' to learn them by gradient"
+        )
+    return _CenterLossFunction.apply(
+        features, labels, centers, red, float(alpha), _needs_diff(features, centers)
+    )
 
 
 def set_cuda_label_check(enabled: bool) -> bool:
@@ -249,8 +302,14 @@ def set_cuda_label_check(enabled: bool) -> bool:
     return _C.set_cuda_label_check(bool(enabled))
 
 
-def update_centers_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
-                    alpha: float, *, deterministic: Optional[bool] = None) -> torch.Tensor:
+def update_centers_(
+    centers: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    *,
+    deterministic: Optional[bool] = None,
+) -> torch.Tensor:
     """The paper's center update (eq. 4) in place, without computing the loss.
 
     ``n_j = #{i: y_i = j}``, ``c_j ← c_j − α Σ_{y_i=j}(c_j − x_i) / (1 + n_j)`` for the classes

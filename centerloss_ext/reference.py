@@ -10,6 +10,7 @@ functions, its code shared with the compiled one through ``_module_base.CenterLo
 This file depends on torch, the shared checks and that base only: never on the compiled
 ops, which it is the oracle of.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,12 +18,24 @@ from typing import Iterator, Optional
 
 import torch
 
-from ._checks import (acc_dtype, check_alpha, check_inputs, check_label_range, loss_dtype,
-                      reduction_code)
+from ._checks import (
+    acc_dtype,
+    check_alpha,
+    check_inputs,
+    check_label_range,
+    loss_dtype,
+    reduction_code,
+)
 from ._module_base import REFERENCE, CenterLossBase
 
-__all__ = ["CenterLoss", "ReferenceCenterLoss", "center_loss", "center_loss_and_update_",
-           "update_centers_", "update_checked_centers_"]
+__all__ = [
+    "CenterLoss",
+    "ReferenceCenterLoss",
+    "center_loss",
+    "center_loss_and_update_",
+    "update_centers_",
+    "update_checked_centers_",
+]
 
 
 def _check(features, labels, centers) -> None:
@@ -63,8 +76,9 @@ def _loss(features, center_rows, reduction: str) -> torch.Tensor:
     return total.to(out_dtype)
 
 
-def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
-                reduction: str = "mean") -> torch.Tensor:
+def center_loss(
+    features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """See :func:`centerloss_ext.center_loss`."""
     _check(features, labels, centers)
     return _loss(features, centers.index_select(0, labels), reduction)
@@ -85,21 +99,31 @@ def _deterministic_algorithms(on: bool) -> Iterator[None]:
 
 
 @torch.no_grad()
-def update_centers_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
-                    alpha: float, *, deterministic: Optional[bool] = None) -> torch.Tensor:
+def update_centers_(
+    centers: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    *,
+    deterministic: Optional[bool] = None,
+) -> torch.Tensor:
     """See :func:`centerloss_ext.update_centers_`. index_add follows
     torch.use_deterministic_algorithms; ``deterministic=True`` turns that on for the call
     (it matters on CUDA only: on the CPU index_add sums in index order)."""
     check_alpha(alpha)
     _check(features, labels, centers)
-    return update_checked_centers_(centers, features, labels, alpha,
-                                   deterministic=deterministic)
+    return update_checked_centers_(centers, features, labels, alpha, deterministic=deterministic)
 
 
 @torch.no_grad()
-def update_checked_centers_(centers: torch.Tensor, features: torch.Tensor,
-                            labels: torch.Tensor, alpha: float, *,
-                            deterministic: Optional[bool] = None) -> torch.Tensor:
+def update_checked_centers_(
+    centers: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    *,
+    deterministic: Optional[bool] = None,
+) -> torch.Tensor:
     """:func:`update_centers_` on inputs already checked: reads no label values first (on
     CUDA, no host sync). For the synced step, whose gathered labels every rank's loss
     checked. A label out of range still raises (index_select's own check), only with a
@@ -110,26 +134,34 @@ def update_checked_centers_(centers: torch.Tensor, features: torch.Tensor,
         return _update(centers, features, labels, alpha)
 
 
-def _update(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
-            alpha: float) -> torch.Tensor:
+def _update(
+    centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, alpha: float
+) -> torch.Tensor:
     diff = _diff(features, labels, centers)
     finite = torch.isfinite(diff).all(1)
     classes, slot = torch.unique(labels, return_inverse=True)
     sums = diff.new_zeros(classes.shape[0], diff.shape[1]).index_add_(
-        0, slot, torch.where(finite[:, None], diff, 0))
+        0, slot, torch.where(finite[:, None], diff, 0)
+    )
     counts = diff.new_zeros(classes.shape[0]).index_add_(0, slot, finite.to(diff.dtype))
     new = centers.index_select(0, classes).to(diff.dtype) + alpha * sums / (1 + counts)[:, None]
     centers.index_copy_(0, classes.long(), new.to(centers.dtype))
     return centers
 
 
-def center_loss_and_update_(features: torch.Tensor, labels: torch.Tensor,
-                            centers: torch.Tensor, alpha: float,
-                            reduction: str = "mean") -> torch.Tensor:
+def center_loss_and_update_(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    centers: torch.Tensor,
+    alpha: float,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """See :func:`centerloss_ext.center_loss_and_update_` (here: two passes)."""
     if centers.requires_grad:
-        raise ValueError("centers must not require grad when updated by the alpha rule; "
-                         "use center_update='optimizer' to learn them by gradient")
+        raise ValueError(
+            "centers must not require grad when updated by the alpha rule; "
+            "use center_update='optimizer' to learn them by gradient"
+        )
     check_alpha(alpha)
     _check(features, labels, centers)
     loss = _loss(features, _rows_outside_graph(centers, labels), reduction)

@@ -18,8 +18,7 @@ Reduction to_reduction(int64_t reduction);
 
 // Static checks shared by every op and device (SPEC "Bad input"): ranks, dtypes,
 // widths, batch sizes and devices. Reads no tensor data, so costs nothing on CUDA.
-void check_inputs(const at::Tensor& features, const at::Tensor& labels,
-                  const at::Tensor& centers);
+void check_inputs(const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centers);
 
 // Throws unless alpha is finite and in [0, 1].
 void check_alpha(double alpha);
@@ -46,9 +45,9 @@ at::ScalarType acc_dtype(at::ScalarType features_dtype, at::ScalarType centers_d
 
 // The same as a C++ type, for the kernels of every device.
 template <typename scalar_t, typename center_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double> ||
-                                        std::is_same_v<center_t, double>,
-                                    double, float>;
+using acc_type =
+    std::conditional_t<std::is_same_v<scalar_t, double> || std::is_same_v<center_t, double>, double,
+                       float>;
 
 // Rows of the label-sorted batch per chunk, the unit of the per-class sums on every
 // device: a class's rows are summed chunk by chunk in index order, and a class spanning
@@ -74,8 +73,7 @@ struct GradScale {
 template <typename g_t>
 GradScale<g_t> grad_scale(const at::Tensor& grad_loss, Reduction reduction, int64_t B) {
   const bool none = reduction == Reduction::None;
-  const double inv_b =
-      reduction == Reduction::Mean && B > 0 ? 1.0 / static_cast<double>(B) : 1.0;
+  const double inv_b = reduction == Reduction::Mean && B > 0 ? 1.0 / static_cast<double>(B) : 1.0;
   return {grad_loss.const_data_ptr<g_t>(), none ? grad_loss.stride(0) : 0, inv_b};
 }
 
@@ -88,9 +86,10 @@ using EmptyFn = at::Tensor (*)(at::IntArrayRef size, const at::TensorOptions& op
 // (mean, sum) or (B,) (none); diff is (B, D) when need_diff, else (0, D), in the
 // accumulation dtype (acc_dtype), so that backward and the center sums read the
 // differences unrounded (16-bit features: twice the bytes of a 16-bit copy).
-std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(
-    const at::Tensor& features, at::ScalarType centers_dtype, Reduction reduction,
-    bool need_diff, EmptyFn empty);
+std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(const at::Tensor& features,
+                                                         at::ScalarType centers_dtype,
+                                                         Reduction reduction, bool need_diff,
+                                                         EmptyFn empty);
 
 // Checks the backward ops' inputs: grad_loss matches the reduction, diff is (B, D).
 void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,

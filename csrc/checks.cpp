@@ -1,12 +1,12 @@
 // Input validation shared by the CPU and CUDA kernels. Every message names the
 // argument and says what was expected (SPEC "Bad input").
-#include "center_loss.h"
-
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <atomic>
 #include <cmath>
+
+#include "center_loss.h"
 
 namespace centerloss {
 
@@ -22,8 +22,7 @@ Reduction to_reduction(int64_t reduction) {
   return static_cast<Reduction>(reduction);
 }
 
-void check_inputs(const at::Tensor& features, const at::Tensor& labels,
-                  const at::Tensor& centers) {
+void check_inputs(const at::Tensor& features, const at::Tensor& labels, const at::Tensor& centers) {
   TORCH_CHECK_TYPE(is_supported_float(features.scalar_type()),
                    "features must be float16, bfloat16, float32 or float64; got ",
                    features.scalar_type());
@@ -33,19 +32,17 @@ void check_inputs(const at::Tensor& features, const at::Tensor& labels,
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
                    "labels must be an integer tensor (int64 or int32) of class indices; got ",
                    labels.scalar_type());
-  TORCH_CHECK_VALUE(features.dim() == 2,
-                    "features must be 2-D (batch, feature_dim); got shape ", features.sizes());
-  TORCH_CHECK_VALUE(labels.dim() == 1,
-                    "labels must be 1-D (batch,); got shape ", labels.sizes());
+  TORCH_CHECK_VALUE(features.dim() == 2, "features must be 2-D (batch, feature_dim); got shape ",
+                    features.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 1, "labels must be 1-D (batch,); got shape ", labels.sizes());
   TORCH_CHECK_VALUE(centers.dim() == 2,
-                    "centers must be 2-D (num_classes, feature_dim); got shape ",
-                    centers.sizes());
+                    "centers must be 2-D (num_classes, feature_dim); got shape ", centers.sizes());
   TORCH_CHECK_VALUE(features.size(1) == centers.size(1),
                     "features must have feature_dim = ", centers.size(1),
                     " columns (the width of centers); got ", features.size(1));
   TORCH_CHECK_VALUE(features.size(0) == labels.size(0),
-                    "features and labels must have the same batch size; got ",
-                    features.size(0), " features and ", labels.size(0), " labels");
+                    "features and labels must have the same batch size; got ", features.size(0),
+                    " features and ", labels.size(0), " labels");
   TORCH_CHECK(features.device() == labels.device() && features.device() == centers.device(),
               "features, labels and centers must be on the same device; got features on ",
               features.device(), ", labels on ", labels.device(), ", centers on ",
@@ -85,19 +82,20 @@ at::ScalarType loss_dtype(at::ScalarType features_dtype) {
 }
 
 at::ScalarType acc_dtype(at::ScalarType features_dtype, at::ScalarType centers_dtype) {
-  return (features_dtype == at::kDouble || centers_dtype == at::kDouble) ? at::kDouble
-                                                                         : at::kFloat;
+  return (features_dtype == at::kDouble || centers_dtype == at::kDouble) ? at::kDouble : at::kFloat;
 }
 
-std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(
-    const at::Tensor& features, at::ScalarType centers_dtype, Reduction reduction,
-    bool need_diff, EmptyFn empty) {
+std::tuple<at::Tensor, at::Tensor> alloc_forward_outputs(const at::Tensor& features,
+                                                         at::ScalarType centers_dtype,
+                                                         Reduction reduction, bool need_diff,
+                                                         EmptyFn empty) {
   const int64_t B = features.size(0);
   const int64_t D = features.size(1);
   auto loss_opts = features.options().dtype(loss_dtype(features.scalar_type()));
   at::Tensor loss = reduction == Reduction::None ? empty({B}, loss_opts) : empty({}, loss_opts);
-  at::Tensor diff = empty({need_diff ? B : 0, D},
-                          features.options().dtype(acc_dtype(features.scalar_type(), centers_dtype)));
+  at::Tensor diff =
+      empty({need_diff ? B : 0, D},
+            features.options().dtype(acc_dtype(features.scalar_type(), centers_dtype)));
   return {loss, diff};
 }
 
@@ -107,16 +105,16 @@ void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,
                     diff.sizes());
   if (reduction == Reduction::None) {
     TORCH_CHECK_VALUE(grad_loss.dim() == 1 && grad_loss.size(0) == diff.size(0),
-                      "grad_loss must have shape (", diff.size(0),
-                      ",) for reduction='none'; got ", grad_loss.sizes());
+                      "grad_loss must have shape (", diff.size(0), ",) for reduction='none'; got ",
+                      grad_loss.sizes());
   } else {
     TORCH_CHECK_VALUE(grad_loss.numel() == 1,
                       "grad_loss must hold one value for reduction='mean' or 'sum'; got shape ",
                       grad_loss.sizes());
   }
   TORCH_CHECK(grad_loss.device() == diff.device(),
-              "grad_loss and diff must be on the same device; got ", grad_loss.device(),
-              " and ", diff.device());
+              "grad_loss and diff must be on the same device; got ", grad_loss.device(), " and ",
+              diff.device());
 }
 
 void check_backward_centers_inputs(const at::Tensor& grad_loss, const at::Tensor& diff,
@@ -126,11 +124,10 @@ void check_backward_centers_inputs(const at::Tensor& grad_loss, const at::Tensor
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
                    "labels must be an integer tensor (int64 or int32) of class indices; got ",
                    labels.scalar_type());
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == diff.size(0),
-                    "labels must have shape (", diff.size(0), ",); got ", labels.sizes());
-  TORCH_CHECK(labels.device() == diff.device(),
-              "labels and diff must be on the same device; got ", labels.device(), " and ",
-              diff.device());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == diff.size(0), "labels must have shape (",
+                    diff.size(0), ",); got ", labels.sizes());
+  TORCH_CHECK(labels.device() == diff.device(), "labels and diff must be on the same device; got ",
+              labels.device(), " and ", diff.device());
   TORCH_CHECK_VALUE(num_classes >= 0, "num_classes must be >= 0; got ", num_classes);
 }
 

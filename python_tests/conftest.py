@@ -5,6 +5,7 @@ by simt_emulator/build.py (make test-cuda-emu), on the SIMT emulator's "simt" de
 same .cu sources, run on the CPU. CUDA_DEVICE names whichever is there; tests marked `cuda`
 are skipped when neither is, tests marked `gpu` (graph capture, the CUDA profiler, CUDA
 memory stats) whenever there is no real GPU."""
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("ci", max_examples=60, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=1000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
@@ -44,8 +47,9 @@ HALF_DTYPES = [torch.float16, torch.bfloat16]
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return
-    no_kernels = pytest.mark.skip(reason="needs a CUDA GPU or the SIMT emulator "
-                                         "(make test-cuda-emu)")
+    no_kernels = pytest.mark.skip(
+        reason="needs a CUDA GPU or the SIMT emulator (make test-cuda-emu)"
+    )
     no_gpu = pytest.mark.skip(reason="needs real CUDA hardware (not emulated)")
     for item in items:
         if "gpu" in item.keywords:

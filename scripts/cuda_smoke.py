@@ -8,6 +8,7 @@ atomic and the sorted update, update_centers_, both backward ops on both paths, 
 types, empty batches, windows crossed by one class, and bad labels (raised, and with
 the check off). Exits non-zero if a result disagrees with the CPU.
 """
+
 import torch
 
 import centerloss_ext as cl
@@ -35,15 +36,20 @@ def run(B, D, C, dtype=torch.float32, centers_dtype=torch.float32, one_class=Fal
                         loss = cl.center_loss(xd, y.to(device), cd, reduction)
                     loss.sum().backward()
                     torch.use_deterministic_algorithms(False)
-                    outs.append([loss.detach().cpu().double(), xd.grad.cpu().double(),
-                                 (cd.detach() if mode == "alpha" else cd.grad).cpu().double()])
+                    outs.append(
+                        [
+                            loss.detach().cpu().double(),
+                            xd.grad.cpu().double(),
+                            (cd.detach() if mode == "alpha" else cd.grad).cpu().double(),
+                        ]
+                    )
                 for a, b in zip(*outs):
                     torch.testing.assert_close(b, a, rtol=3e-2, atol=3e-2)
 
 
-run(300, 64, 50)                      # vector rows, random labels
-run(300, 7, 50)                       # scalar rows
-run(200, 16, 3, one_class=True)       # one class across windows
+run(300, 64, 50)  # vector rows, random labels
+run(300, 7, 50)  # scalar rows
+run(200, 16, 3, one_class=True)  # one class across windows
 run(130, 8, 1000, torch.bfloat16, torch.bfloat16)
 run(130, 8, 20, torch.float16, torch.float64)
 run(0, 8, 5)

@@ -10,6 +10,7 @@ mnist.recipe.build) with the options below; optimizer mode learns the centers by
 the rate that moves a class of average count as far as α would (mnist.recipe.center_lr),
 so α means the same step size in both modes. A softmax-only run (λ = 0) is the reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,16 +33,21 @@ def floats(text: str):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's)")
     p.add_argument("--lambdas", type=floats, default=[0.01, 0.1, 1.0])
     p.add_argument("--alphas", type=floats, default=[0.1, 0.5, 0.9])
     p.add_argument("--modes", default="alpha,optimizer")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--limit-train", type=int, default=30_000,
-                   help="training images per run (the first N; 0: all 60,000)")
+    p.add_argument(
+        "--limit-train",
+        type=int,
+        default=30_000,
+        help="training images per run (the first N; 0: all 60,000)",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--lr-schedule", default="onecycle")
     p.add_argument("--no-batch-norm", action="store_true")
@@ -54,10 +60,17 @@ def parse_args(argv=None):
 
 def one_run(args, data, images, labels, test_images, lam, alpha, mode):
     opts = MnistOptions(
-        feature_dim=args.feature_dim, epochs=args.epochs, lr=args.lr,
-        lr_schedule=args.lr_schedule, batch_norm=not args.no_batch_norm,
-        center_loss_weight=lam, alpha=alpha, center_update=mode, seed=args.seed,
-        no_progress=True)
+        feature_dim=args.feature_dim,
+        epochs=args.epochs,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        batch_norm=not args.no_batch_norm,
+        center_loss_weight=lam,
+        alpha=alpha,
+        center_update=mode,
+        seed=args.seed,
+        no_progress=True,
+    )
     seed_everything(args.seed)
     device = torch.device("cpu")
     steps = -(-len(images) // opts.batch_size)
@@ -66,22 +79,30 @@ def one_run(args, data, images, labels, test_images, lam, alpha, mode):
     for epoch in range(opts.epochs):
         train = mnist_train.train_epoch(recipe, images, labels, opts, epoch, device)
         seconds += train.pop("seconds")
-    test, _ = mnist_train.evaluate_test(recipe.model, recipe.center_loss, data, test_images,
-                                        device)
-    return {"lambda": lam, "alpha": alpha, "mode": mode, "train_seconds": round(seconds, 1),
-            "train_loss": train["train_loss"], **test}
+    test, _ = mnist_train.evaluate_test(recipe.model, recipe.center_loss, data, test_images, device)
+    return {
+        "lambda": lam,
+        "alpha": alpha,
+        "mode": mode,
+        "train_seconds": round(seconds, 1),
+        "train_loss": train["train_loss"],
+        **test,
+    }
 
 
 def heatmaps(rows, path: Path, args) -> None:
     from matplotlib.figure import Figure
 
     modes = [m for m in args.modes.split(",")]
-    lams, alphas = sorted({r["lambda"] for r in rows if r["lambda"] > 0}), \
-        sorted({r["alpha"] for r in rows if r["lambda"] > 0})
+    lams, alphas = (
+        sorted({r["lambda"] for r in rows if r["lambda"] > 0}),
+        sorted({r["alpha"] for r in rows if r["lambda"] > 0}),
+    )
     base = next((r for r in rows if r["lambda"] == 0), None)
-    metrics = (("test_nearest_center_acc", "nearest-center accuracy", "viridis", "{:.3f}"),
-               ("test_intra_inter_ratio", "intra/inter ratio (lower is tighter)",
-                "viridis_r", "{:.3f}"))
+    metrics = (
+        ("test_nearest_center_acc", "nearest-center accuracy", "viridis", "{:.3f}"),
+        ("test_intra_inter_ratio", "intra/inter ratio (lower is tighter)", "viridis_r", "{:.3f}"),
+    )
     fig = Figure(figsize=(5.2 * len(modes), 4.2 * len(metrics)), dpi=90)
     for i, (key, name, cmap, fmt) in enumerate(metrics):
         values = [r[key] for r in rows if r["lambda"] > 0]
@@ -93,11 +114,18 @@ def heatmaps(rows, path: Path, args) -> None:
                 if r["mode"] == mode and r["lambda"] > 0:
                     grid[alphas.index(r["alpha"]), lams.index(r["lambda"])] = r[key]
             im = ax.imshow(grid, cmap=cmap, vmin=lo, vmax=hi, origin="lower", aspect="auto")
-            for (a, l), v in np.ndenumerate(grid):
+            for (a, lam), v in np.ndenumerate(grid):
                 if not np.isnan(v):
-                    r, g, b, _ = im.cmap(im.norm(v))       # dark cell: white text
-                    ax.text(l, a, fmt.format(v), ha="center", va="center", fontsize=9,
-                            color="white" if 0.3 * r + 0.6 * g + 0.1 * b < 0.5 else "black")
+                    r, g, b, _ = im.cmap(im.norm(v))  # dark cell: white text
+                    ax.text(
+                        lam,
+                        a,
+                        fmt.format(v),
+                        ha="center",
+                        va="center",
+                        fontsize=9,
+                        color="white" if 0.3 * r + 0.6 * g + 0.1 * b < 0.5 else "black",
+                    )
             ax.set_xticks(range(len(lams)), [f"{v:g}" for v in lams])
             ax.set_yticks(range(len(alphas)), [f"{v:g}" for v in alphas])
             ax.set_xlabel("λ (center loss weight)")
@@ -105,8 +133,11 @@ def heatmaps(rows, path: Path, args) -> None:
             ref = f"; softmax only: {fmt.format(base[key])}" if base else ""
             ax.set_title(f"{name}\n{mode} mode{ref}", fontsize=10)
             fig.colorbar(im, ax=ax)
-    fig.suptitle(f"2-D Fashion-MNIST features, {args.limit_train or 60000} training images "
-                 f"x {args.epochs} epoch(s), test set", fontsize=11)
+    fig.suptitle(
+        f"2-D Fashion-MNIST features, {args.limit_train or 60000} training images "
+        f"x {args.epochs} epoch(s), test set",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path)
 
@@ -116,31 +147,45 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = out / "sweep.json"
-    rows = json.loads(record.read_text())["rows"] if (args.resume or args.plot_only) \
-        and record.is_file() else []
+    rows = (
+        json.loads(record.read_text())["rows"]
+        if (args.resume or args.plot_only) and record.is_file()
+        else []
+    )
     if not args.plot_only:
         data = load_mnist_like("fashion-mnist", args.data, False)
         images = to_unit_range(data.train_images)
         labels = data.train_labels
         if args.limit_train:
-            images, labels = images[:args.limit_train], labels[:args.limit_train]
+            images, labels = images[: args.limit_train], labels[: args.limit_train]
         test_images = to_unit_range(data.test_images)
-        cells = [(0.0, 0.5, "alpha")] + [(lam, a, m) for m in args.modes.split(",")
-                                         for a in args.alphas for lam in args.lambdas]
+        cells = [(0.0, 0.5, "alpha")] + [
+            (lam, a, m) for m in args.modes.split(",") for a in args.alphas for lam in args.lambdas
+        ]
         done = {(r["lambda"], r["alpha"], r["mode"]) for r in rows}
         for n, cell in enumerate(cells, 1):
             if cell in done:
                 continue
             row = one_run(args, data, images, labels, test_images, *cell)
             rows.append(row)
-            print(f"[{n}/{len(cells)}] λ={cell[0]:g} α={cell[1]:g} {cell[2]}: nearest-center "
-                  f"{row['test_nearest_center_acc']:.4f}, intra/inter "
-                  f"{row['test_intra_inter_ratio']:.4f}, softmax "
-                  f"{row['test_softmax_acc']:.4f} ({row['train_seconds']:.0f} s)", flush=True)
-            write_json(record, {"options": {k: v for k, v in vars(args).items()
-                                            if k not in ("resume", "plot_only")},
-                                "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                "rows": rows})
+            print(
+                f"[{n}/{len(cells)}] λ={cell[0]:g} α={cell[1]:g} {cell[2]}: nearest-center "
+                f"{row['test_nearest_center_acc']:.4f}, intra/inter "
+                f"{row['test_intra_inter_ratio']:.4f}, softmax "
+                f"{row['test_softmax_acc']:.4f} ({row['train_seconds']:.0f} s)",
+                flush=True,
+            )
+            write_json(
+                record,
+                {
+                    "options": {
+                        k: v for k, v in vars(args).items() if k not in ("resume", "plot_only")
+                    },
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "rows": rows,
+                },
+            )
     heatmaps(rows, out / "heatmaps.png", args)
     print(f"wrote {record} and {out / 'heatmaps.png'}")
 

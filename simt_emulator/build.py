@@ -11,6 +11,7 @@ UndefinedBehaviorSanitizer; load with the preload that --print-env shows), `rele
 Prints the library's path on the last line. Needs the extension built in place first
 (make build): the library links against centerloss_ext/_C for the shared checks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,12 @@ FLAGS = {
     # does): atomic updates made the emulated tests 3x slower on 2 cores (377 s vs 118 s
     # a seed), and racing plain ones corrupt gcov's arc counts
     "cov": ["-O1", "--coverage", "-fprofile-update=single"],
-    "asan": ["-O1", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
-             "-fno-sanitize-recover=undefined"],
+    "asan": [
+        "-O1",
+        "-fsanitize=address,undefined",
+        "-fno-omit-frame-pointer",
+        "-fno-sanitize-recover=undefined",
+    ],
     "release": ["-O2"],
 }
 
@@ -44,8 +49,10 @@ def _torch_paths():
         import torch
         from torch.utils.cpp_extension import include_paths, library_paths
     except ImportError:
-        _fail("torch is not importable by this Python; run it with the project's venv "
-              "(make emu-build does)")
+        _fail(
+            "torch is not importable by this Python; run it with the project's venv "
+            "(make emu-build does)"
+        )
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return include_paths(), library_paths(), abi
 
@@ -54,16 +61,16 @@ def _extension() -> str:
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     path = os.path.join(ROOT, "centerloss_ext", "_C" + suffix)
     if not os.path.exists(path):
-        _fail(f"{os.path.relpath(path, ROOT)} is missing: build the extension first "
-              "(make build)")
+        _fail(f"{os.path.relpath(path, ROOT)} is missing: build the extension first (make build)")
     return path
 
 
 def _sanitizer_preload() -> str:
     libs = []
     for name in ("libasan.so", "libubsan.so"):
-        out = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True,
-                             text=True).stdout.strip()
+        out = subprocess.run(
+            ["g++", f"-print-file-name={name}"], capture_output=True, text=True
+        ).stdout.strip()
         libs.append(os.path.realpath(out))
     return " ".join(libs)
 
@@ -73,15 +80,37 @@ def write_ninja(variant: str, out: str) -> str:
     ext = _extension()
     gen = os.path.join(out, "gen")
     os.makedirs(gen, exist_ok=True)
-    cflags = ["-std=c++20", "-fPIC", "-g", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas",
-              "-fvisibility=hidden", "-fvisibility-inlines-hidden",
-              f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-I" + os.path.join(HERE, "include"),
-              "-I" + HERE, "-I" + os.path.join(ROOT, "csrc", "cuda"),
-              *("-isystem" + p for p in incs), "-include", os.path.join(HERE, "simt.h"),
-              *FLAGS[variant]]
-    ldflags = ["-shared", *FLAGS[variant], *("-L" + d for d in libdirs),
-               *("-Wl,-rpath," + d for d in libdirs), "-lc10", "-ltorch_cpu", "-ltorch",
-               "-lboost_context", "-lpthread", "-Wl,--no-as-needed", ext]
+    cflags = [
+        "-std=c++20",
+        "-fPIC",
+        "-g",
+        "-Wall",
+        "-Wno-unused-function",
+        "-Wno-unknown-pragmas",
+        "-fvisibility=hidden",
+        "-fvisibility-inlines-hidden",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        "-I" + os.path.join(HERE, "include"),
+        "-I" + HERE,
+        "-I" + os.path.join(ROOT, "csrc", "cuda"),
+        *("-isystem" + p for p in incs),
+        "-include",
+        os.path.join(HERE, "simt.h"),
+        *FLAGS[variant],
+    ]
+    ldflags = [
+        "-shared",
+        *FLAGS[variant],
+        *("-L" + d for d in libdirs),
+        *("-Wl,-rpath," + d for d in libdirs),
+        "-lc10",
+        "-ltorch_cpu",
+        "-ltorch",
+        "-lboost_context",
+        "-lpthread",
+        "-Wl,--no-as-needed",
+        ext,
+    ]
     lib = os.path.join(out, "libcenterloss_simt.so")
     q = shlex.quote
     lines = [
@@ -106,12 +135,12 @@ def write_ninja(variant: str, out: str) -> str:
         if name == "registration":  # binds the CUDA key; registration.cpp here binds ours
             continue
         cpp = os.path.join(gen, name + ".cpp")
-        lines.append(f"build {q(cpp)}: rewrite {q(src)} | "
-                     f"{q(os.path.join(HERE, 'rewrite_launches.py'))}")
+        lines.append(
+            f"build {q(cpp)}: rewrite {q(src)} | {q(os.path.join(HERE, 'rewrite_launches.py'))}"
+        )
         objs.append((cpp, os.path.join(out, name + ".o")))
     for src in ("simt_runtime.cpp", "device.cpp", "registration.cpp"):
-        objs.append((os.path.join(HERE, src),
-                     os.path.join(out, os.path.splitext(src)[0] + ".o")))
+        objs.append((os.path.join(HERE, src), os.path.join(out, os.path.splitext(src)[0] + ".o")))
     for src, obj in objs:
         lines.append(f"build {q(obj)}: cxx {q(src)}")
     lines.append(f"build {q(lib)}: link {' '.join(q(o) for _, o in objs)} | {q(ext)}")
@@ -125,8 +154,11 @@ def main() -> None:
     ap.add_argument("--variant", choices=sorted(FLAGS), default="cov")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", "2")))
     ap.add_argument("--out", help="build folder (default build/emu/VARIANT)")
-    ap.add_argument("--print-env", action="store_true",
-                    help="print the environment that loads the library, and exit")
+    ap.add_argument(
+        "--print-env",
+        action="store_true",
+        help="print the environment that loads the library, and exit",
+    )
     args = ap.parse_args()
     out = os.path.abspath(args.out or os.path.join(ROOT, "build", "emu", args.variant))
     lib = os.path.join(out, "libcenterloss_simt.so")

@@ -5,19 +5,16 @@
 //
 // Also the host half of the stand-ins in include/ (streams, properties, read-backs,
 // at::detail::empty_cuda) and counters the tests read through ctypes.
-#include "simt.h"
-#include "simt_host.h"
-
 #include <ATen/ATen.h>
-#include <ATen/EmptyTensor.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/detail/PrivateUse1HooksInterface.h>
 #include <ATen/native/CPUFallback.h>
 #include <ATen/native/Resize.h>
-#include <ATen/ops/as_strided_native.h>
-#include <ATen/ops/view_native.h>
 #include <ATen/ops/_reshape_alias_native.h>
+#include <ATen/ops/as_strided_native.h>
 #include <ATen/ops/set_native.h>
+#include <ATen/ops/view_native.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
@@ -26,6 +23,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+
+#include "simt.h"
+#include "simt_host.h"
 
 namespace simt {
 namespace {
@@ -118,8 +118,8 @@ struct Hooks final : at::PrivateUse1HooksInterface {
 // A CPU tensor over the same memory, sizes and strides (no copy).
 at::Tensor cpu_alias(const at::Tensor& t) {
   if (t.device().type() != kDevice) return t;
-  return at::from_blob(t.data_ptr(), t.sizes(), t.strides(), [](void*) {},
-                       t.options().device(at::kCPU));
+  return at::from_blob(
+      t.data_ptr(), t.sizes(), t.strides(), [](void*) {}, t.options().device(at::kCPU));
 }
 
 bool deterministic_fill() {
@@ -138,12 +138,12 @@ at::Tensor maybe_fill(at::Tensor t) {
 }
 
 at::Tensor empty_memory_format(c10::IntArrayRef size, std::optional<at::ScalarType> dtype,
-                               std::optional<at::Layout> layout,
-                               std::optional<at::Device> device, std::optional<bool> pin,
+                               std::optional<at::Layout> layout, std::optional<at::Device> device,
+                               std::optional<bool> pin,
                                std::optional<at::MemoryFormat> memory_format) {
   const c10::DispatchKeySet ks(c10::DispatchKey::PrivateUse1);
-  return maybe_fill(at::detail::empty_generic(size, &g_allocator, ks,
-                                              c10::dtype_or_default(dtype), memory_format));
+  return maybe_fill(at::detail::empty_generic(size, &g_allocator, ks, c10::dtype_or_default(dtype),
+                                              memory_format));
 }
 
 at::Tensor empty_strided(c10::IntArrayRef size, c10::IntArrayRef stride,
@@ -177,12 +177,12 @@ const at::Tensor& resize(const at::Tensor& self, c10::IntArrayRef size,
                          std::optional<at::MemoryFormat> memory_format) {
   at::TensorImpl* impl = self.unsafeGetTensorImpl();
   impl->set_sizes_contiguous(size);
-  const auto nbytes = at::detail::computeStorageNbytesContiguous(
-      size, impl->dtype().itemsize(), impl->storage_offset());
+  const auto nbytes = at::detail::computeStorageNbytesContiguous(size, impl->dtype().itemsize(),
+                                                                 impl->storage_offset());
   at::native::maybe_resize_storage_cpu(impl, nbytes);  // reallocates with our allocator
   if (memory_format.has_value()) {
-    TORCH_CHECK(*memory_format != at::MemoryFormat::Preserve,
-                "resize_: unsupported memory format ", *memory_format);
+    TORCH_CHECK(*memory_format != at::MemoryFormat::Preserve, "resize_: unsupported memory format ",
+                *memory_format);
     impl->empty_tensor_restride(*memory_format);
   }
   return self;
@@ -271,8 +271,8 @@ at::TensorBase empty_cuda(c10::IntArrayRef size, const c10::TensorOptions& optio
   return at::detail::empty_generic(size, &g_allocator, ks, options.dtype().toScalarType(),
                                    options.memory_format_opt());
 }
-at::TensorBase empty_cuda(c10::IntArrayRef size, c10::ScalarType dtype,
-                          std::optional<c10::Device>, std::optional<c10::MemoryFormat> mf) {
+at::TensorBase empty_cuda(c10::IntArrayRef size, c10::ScalarType dtype, std::optional<c10::Device>,
+                          std::optional<c10::MemoryFormat> mf) {
   const c10::DispatchKeySet ks(c10::DispatchKey::PrivateUse1);
   return at::detail::empty_generic(size, &g_allocator, ks, dtype, mf);
 }
@@ -287,9 +287,7 @@ at::TensorBase empty_cuda(c10::IntArrayRef size, std::optional<c10::ScalarType> 
 
 // --- counters for the tests (ctypes) ----------------------------------------------------------
 extern "C" {
-__attribute__((visibility("default"))) uint64_t simt_launch_count() {
-  return simt::launch_count();
-}
+__attribute__((visibility("default"))) uint64_t simt_launch_count() { return simt::launch_count(); }
 __attribute__((visibility("default"))) uint64_t simt_host_reads() {
   return simt::g_host_reads.load();
 }

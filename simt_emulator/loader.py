@@ -15,6 +15,7 @@ Every ATen op without an emulated kernel runs on the CPU (copies in and out). Co
 `memory_allocated()` / `max_memory_allocated()` / `reset_peak_memory_stats()`.
 See docs/cuda_emulation.md for what the emulation shows and what it cannot.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -76,11 +77,15 @@ def load(library: Optional[str] = None) -> str:
         return DEVICE
     library = library or os.environ.get("CENTERLOSS_SIMT_LIB")
     if not library:
-        raise ValueError("no emulator library given: pass its path or set CENTERLOSS_SIMT_LIB "
-                         "(build it with: make emu-build)")
+        raise ValueError(
+            "no emulator library given: pass its path or set CENTERLOSS_SIMT_LIB "
+            "(build it with: make emu-build)"
+        )
     if not os.path.exists(library):
-        raise FileNotFoundError(f"CENTERLOSS_SIMT_LIB={library} does not exist: build it with "
-                                "make emu-build (or python simt_emulator/build.py)")
+        raise FileNotFoundError(
+            f"CENTERLOSS_SIMT_LIB={library} does not exist: build it with "
+            "make emu-build (or python simt_emulator/build.py)"
+        )
     import centerloss_ext  # noqa: F401  (the op schemas, and the checks the library links to)
 
     torch.utils.rename_privateuse1_backend(DEVICE)

@@ -11,6 +11,7 @@ compiler messages and gcov's line coverage point at the original .cu lines.
 
     python rewrite_launches.py SRC.cu OUT.cpp
 """
+
 from __future__ import annotations
 
 import re
@@ -50,21 +51,23 @@ def rewrite(text: str, name: str) -> str:
         if m.start() < pos:
             continue
         start = _kernel_start(text, m.start())
-        kernel = text[start:m.start()].strip()
+        kernel = text[start : m.start()].strip()
         close = text.index(">>>", m.end())
-        config = text[m.end():close]
+        config = text[m.end() : close]
         p = close + 3
         while text[p].isspace():
             p += 1
         if text[p] != "(":
             raise SystemExit(f"{name}: launch of {kernel} has no argument list")
         args_end = _matching(text, p, "(", ")", 1)
-        args = text[p + 1:args_end]
+        args = text[p + 1 : args_end]
         label = " ".join(kernel.split()).replace('"', "")
         sep = ", " if args.strip() else ""
         out.append(text[pos:start])
-        out.append(f'::simt::launch(::simt::LaunchConfig({config}), "{label}", '
-                   f"[](const auto&... simt_a) {{ {kernel}(simt_a...); }}{sep}{args})")
+        out.append(
+            f'::simt::launch(::simt::LaunchConfig({config}), "{label}", '
+            f"[](const auto&... simt_a) {{ {kernel}(simt_a...); }}{sep}{args})"
+        )
         pos = args_end + 1
     out.append(text[pos:])
     return "".join(out)

@@ -124,13 +124,14 @@ void launch(const LaunchConfig& cfg, const char* name, Fn fn, A&&... args) {
     Fn* fn;
     Params* args;
   } closure{&fn, &params};
-  run_grid(name, cfg,
-           [](void* c) {
-             auto* cl = static_cast<Closure*>(c);
-             auto local = *cl->args;  // every thread gets its own copy of the arguments
-             std::apply(*cl->fn, local);
-           },
-           &closure);
+  run_grid(
+      name, cfg,
+      [](void* c) {
+        auto* cl = static_cast<Closure*>(c);
+        auto local = *cl->args;  // every thread gets its own copy of the arguments
+        std::apply(*cl->fn, local);
+      },
+      &closure);
 }
 
 // Kernel launches so far, counting the device ops the emulated device runs for ATen
@@ -198,8 +199,7 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int lane = ::simt::current().linear % 32;
   int s = lane - static_cast<int>(delta);
   if (s < 0 || (s & ~(width - 1)) != (lane & ~(width - 1))) s = lane;
-  return ::simt::from_bits<T>(
-      ::simt::warp_exchange(mask, ::simt::to_bits(v), s, "__shfl_up_sync"));
+  return ::simt::from_bits<T>(::simt::warp_exchange(mask, ::simt::to_bits(v), s, "__shfl_up_sync"));
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
   return ::simt::warp_ballot(mask, pred != 0, "__ballot_sync");

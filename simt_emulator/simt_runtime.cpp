@@ -7,24 +7,23 @@
 //   SIMT_WORKERS   OS threads that run blocks side by side (default 2).
 //   SIMT_STACK_KB  stack of each emulated thread (default 64, 256 under ASan).
 //   SIMT_TRACE     1: print every kernel launch and device op to stderr.
-#include "simt.h"
-
+#include <algorithm>
 #include <boost/context/fiber.hpp>
 #include <boost/context/stack_context.hpp>
-
-#include <algorithm>
 #include <condition_variable>
-#include <deque>
-#include <functional>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "simt.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
@@ -98,8 +97,8 @@ struct Thread {
   const void* sched_bottom = nullptr;  // the scheduler's stack, for ASan
   size_t sched_size = 0;
   const char* waiting_at = "";
-  int want_src = 0;        // the lane this lane reads in the warp exchange it waits in
-  uint64_t result = 0;     // what it read, set when the exchange is released
+  int want_src = 0;     // the lane this lane reads in the warp exchange it waits in
+  uint64_t result = 0;  // what it read, set when the exchange is released
   unsigned ballot = 0;
 };
 
@@ -117,8 +116,8 @@ struct Block {
   std::vector<Thread> threads;
   std::deque<int> ready;  // threads that can run until their next barrier
   std::vector<Warp> warps;
-  int live = 0;           // threads not Done
-  int at_barrier = 0;     // threads waiting in __syncthreads
+  int live = 0;        // threads not Done
+  int at_barrier = 0;  // threads waiting in __syncthreads
   std::mt19937_64* rng = nullptr;
   bool shuffle = false;
   const char* kernel = "";
@@ -218,19 +217,19 @@ void warp_arrive(unsigned mask, uint64_t value, int src, bool predicate, const c
   const int warp_base = t->st.linear - lane;
   Warp& w = b->warps[t->st.linear / 32];
   if (!(mask >> lane & 1u))
-    fail("%s in kernel %s: lane %d calls it with mask 0x%08x, which leaves it out", what,
-         b->kernel, lane, mask);
+    fail("%s in kernel %s: lane %d calls it with mask 0x%08x, which leaves it out", what, b->kernel,
+         lane, mask);
   const int warp_size = std::min<int>(32, int(b->threads.size()) - warp_base);
   if (warp_size < 32 && (mask >> warp_size) != 0)
-    fail("%s in kernel %s: mask 0x%08x names lanes past the block's last thread", what,
-         b->kernel, mask);
+    fail("%s in kernel %s: mask 0x%08x names lanes past the block's last thread", what, b->kernel,
+         mask);
   if (w.arrived == 0) {
     w.mask = mask;
     w.what = what;
     w.ballot = 0;
   } else if (w.mask != mask || std::strcmp(w.what, what) != 0) {
-    fail("kernel %s: lanes of warp %d diverge: %s(mask 0x%08x) meets %s(mask 0x%08x)",
-         b->kernel, t->st.linear / 32, what, mask, w.what, w.mask);
+    fail("kernel %s: lanes of warp %d diverge: %s(mask 0x%08x) meets %s(mask 0x%08x)", b->kernel,
+         t->st.linear / 32, what, mask, w.what, w.mask);
   }
   w.arrived |= 1u << lane;
   w.values[lane] = value;
@@ -245,8 +244,8 @@ void warp_arrive(unsigned mask, uint64_t value, int src, bool predicate, const c
     if (!(mask >> l & 1u)) continue;
     Thread& o = b->threads[warp_base + l];
     if (!(mask >> o.want_src & 1u))
-      fail("%s in kernel %s: lane %d reads lane %d, which is not in mask 0x%08x", what,
-           b->kernel, l, o.want_src, mask);
+      fail("%s in kernel %s: lane %d reads lane %d, which is not in mask 0x%08x", what, b->kernel,
+           l, o.want_src, mask);
     o.result = w.values[o.want_src];
     o.ballot = w.ballot;
     if (l != lane) b->wake(warp_base + l);
@@ -268,8 +267,8 @@ unsigned warp_ballot(unsigned mask, bool predicate, const char* what) {
 
 namespace {
 
-void run_block(const char* name, const LaunchConfig& cfg, uint3 bidx, BlockBody body,
-               void* closure, std::mt19937_64* rng, bool shuffle, size_t stack_bytes) {
+void run_block(const char* name, const LaunchConfig& cfg, uint3 bidx, BlockBody body, void* closure,
+               std::mt19937_64* rng, bool shuffle, size_t stack_bytes) {
   const int n = int(cfg.block.x * cfg.block.y * cfg.block.z);
   Block b;
   b.threads.resize(n);
@@ -327,9 +326,10 @@ void run_block(const char* name, const LaunchConfig& cfg, uint3 bidx, BlockBody 
         who += " thread " + std::to_string(i) + " at " + b.threads[i].waiting_at + ";";
         ++shown;
       }
-    fail("deadlock in kernel %s, block (%u,%u,%u): %d threads wait at a barrier that the "
-         "others never reach (exited, or at another barrier):%s",
-         name, bidx.x, bidx.y, bidx.z, b.live, who.c_str());
+    fail(
+        "deadlock in kernel %s, block (%u,%u,%u): %d threads wait at a barrier that the "
+        "others never reach (exited, or at another barrier):%s",
+        name, bidx.x, bidx.y, bidx.z, b.live, who.c_str());
   }
 }
 
@@ -471,11 +471,16 @@ cudaError_t cudaGetLastError() {
 cudaError_t cudaPeekAtLastError() { return static_cast<cudaError_t>(simt::g_last_error.load()); }
 const char* cudaGetErrorString(cudaError_t error) {
   switch (error) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorLaunchOutOfResources:
+      return "too many resources requested for launch";
   }
   return "unknown error";
 }
@@ -483,7 +488,9 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
   if (bytes) std::memset(p, value, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes); }
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  return cudaMemsetAsync(p, value, bytes);
+}
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
                             cudaStream_t) {
   if (bytes) std::memmove(dst, src, bytes);

@@ -6,16 +6,16 @@
 // Accumulation is float32 (float64 when features or centers are float64).
 // Work is O(B x D + B log B) per step: nothing is sized by num_classes except the
 // dense center gradient of backward_centers.
-#include "../center_loss.h"
-#include "row_math.h"
-#include "segments.h"
-
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
+
+#include "../center_loss.h"
+#include "row_math.h"
+#include "segments.h"
 
 namespace centerloss {
 namespace {
@@ -24,11 +24,16 @@ namespace {
 template <typename F>
 void dispatch_float(at::ScalarType t, const char* arg, F&& f) {
   switch (t) {
-    case at::kFloat: return f(float{});
-    case at::kDouble: return f(double{});
-    case at::kHalf: return f(c10::Half{});
-    case at::kBFloat16: return f(c10::BFloat16{});
-    default: TORCH_CHECK_TYPE(false, arg, ": unsupported dtype ", t);
+    case at::kFloat:
+      return f(float{});
+    case at::kDouble:
+      return f(double{});
+    case at::kHalf:
+      return f(c10::Half{});
+    case at::kBFloat16:
+      return f(c10::BFloat16{});
+    default:
+      TORCH_CHECK_TYPE(false, arg, ": unsupported dtype ", t);
   }
 }
 
@@ -95,8 +100,8 @@ void forward_rows(const at::Tensor& x, const at::Tensor& y, const at::Tensor& c,
 // a read of the old centers. Classes split over several chunks are finished in
 // a second phase, after every chunk has read the old center.
 template <typename scalar_t, typename center_t>
-void forward_update_segments(const at::Tensor& x, const at::Tensor& y, at::Tensor& c,
-                             double alpha, at::Tensor* loss_rows, at::Tensor* diff) {
+void forward_update_segments(const at::Tensor& x, const at::Tensor& y, at::Tensor& c, double alpha,
+                             at::Tensor* loss_rows, at::Tensor* diff) {
   using acc_t = acc_type<scalar_t, center_t>;
   const int64_t B = x.size(0), D = x.size(1);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -120,36 +125,38 @@ void forward_update_segments(const at::Tensor& x, const at::Tensor& y, at::Tenso
   const int64_t n_chunks = static_cast<int64_t>(seg.chunks.size());
   at::parallel_for(0, n_chunks, std::max<int64_t>(1, row_grain(D) / kChunkRows),
                    [&](int64_t begin, int64_t end) {
-    RowScratch<acc_t> s(D);
-    std::vector<acc_t> sum(D);
-    for (int64_t ch = begin; ch < end; ++ch) {
-      const Chunk& chunk = seg.chunks[ch];
-      const int64_t label = chunk.label;
-      if (ch + 1 < end) prefetch_row(cp + seg.chunks[ch + 1].label * D, D * sizeof(center_t));
-      const acc_t* cr = as_acc(cp + label * D, s.c, D);
-      std::fill(sum.begin(), sum.end(), acc_t(0));
-      int64_t n = 0;
-      for (int64_t p = chunk.begin; p < chunk.end; ++p) {
-        const int64_t i = seg.order[p];
-        if (p + 1 < B) prefetch_row(xp + seg.order[p + 1] * D, D * sizeof(scalar_t));
-        const acc_t* xr = as_acc(xp + i * D, s.x, D);
-        acc_t* d = dp ? dp + i * D : s.d;
-        bool finite;
-        const acc_t ss = diff_row(xr, cr, d, D, finite);
-        if (lp) lp[i] = acc_t(0.5) * ss;
-        if (finite) {
-          add_row(sum.data(), d, D);
-          ++n;
-        }
-      }
-      if (chunk.slot < 0) {
-        apply(label, cr, sum.data(), n);
-      } else {
-        std::copy(sum.begin(), sum.end(), part_sum.begin() + chunk.slot * D);
-        part_cnt[chunk.slot] = n;
-      }
-    }
-  });
+                     RowScratch<acc_t> s(D);
+                     std::vector<acc_t> sum(D);
+                     for (int64_t ch = begin; ch < end; ++ch) {
+                       const Chunk& chunk = seg.chunks[ch];
+                       const int64_t label = chunk.label;
+                       if (ch + 1 < end)
+                         prefetch_row(cp + seg.chunks[ch + 1].label * D, D * sizeof(center_t));
+                       const acc_t* cr = as_acc(cp + label * D, s.c, D);
+                       std::fill(sum.begin(), sum.end(), acc_t(0));
+                       int64_t n = 0;
+                       for (int64_t p = chunk.begin; p < chunk.end; ++p) {
+                         const int64_t i = seg.order[p];
+                         if (p + 1 < B)
+                           prefetch_row(xp + seg.order[p + 1] * D, D * sizeof(scalar_t));
+                         const acc_t* xr = as_acc(xp + i * D, s.x, D);
+                         acc_t* d = dp ? dp + i * D : s.d;
+                         bool finite;
+                         const acc_t ss = diff_row(xr, cr, d, D, finite);
+                         if (lp) lp[i] = acc_t(0.5) * ss;
+                         if (finite) {
+                           add_row(sum.data(), d, D);
+                           ++n;
+                         }
+                       }
+                       if (chunk.slot < 0) {
+                         apply(label, cr, sum.data(), n);
+                       } else {
+                         std::copy(sum.begin(), sum.end(), part_sum.begin() + chunk.slot * D);
+                         part_cnt[chunk.slot] = n;
+                       }
+                     }
+                   });
 
   at::parallel_for(0, n_split, 1, [&](int64_t begin, int64_t end) {
     RowScratch<acc_t> s(D);
@@ -182,8 +189,7 @@ void with_contiguous(at::Tensor& centers, const at::Tensor& features, const at::
 // ---------------------------------------------------------------------------
 // Op entry points.
 
-std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features,
-                                               const at::Tensor& labels,
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features, const at::Tensor& labels,
                                                const at::Tensor& centers, int64_t reduction,
                                                bool need_diff) {
   check_inputs(features, labels, centers);
@@ -195,9 +201,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features,
   at::Tensor rows =
       empty_cpu({x.size(0)}, x.options().dtype(acc_dtype(x.scalar_type(), c.scalar_type())));
   dispatch_float(x.scalar_type(), "features", [&](auto xs) {
-    dispatch_float(c.scalar_type(), "centers", [&](auto cs) {
-      forward_rows<decltype(xs), decltype(cs)>(x, y, c, rows, diff);
-    });
+    dispatch_float(c.scalar_type(), "centers",
+                   [&](auto cs) { forward_rows<decltype(xs), decltype(cs)>(x, y, c, rows, diff); });
   });
   reduce_loss(rows, red, loss);
   return {loss, diff};
@@ -205,42 +210,41 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features,
 
 std::tuple<at::Tensor, at::Tensor> forward_update_cpu(at::Tensor& centers,
                                                       const at::Tensor& features,
-                                                      const at::Tensor& labels,
-                                                      int64_t reduction, double alpha,
-                                                      bool need_diff, bool /*deterministic*/) {
+                                                      const at::Tensor& labels, int64_t reduction,
+                                                      double alpha, bool need_diff,
+                                                      bool /*deterministic*/) {
   check_inputs(features, labels, centers);
   check_alpha(alpha);
   const Reduction red = to_reduction(reduction);
   auto [loss, diff] =
       alloc_forward_outputs(features, centers.scalar_type(), red, need_diff, empty_cpu);
-  at::Tensor rows = empty_cpu(
-      {features.size(0)},
-      features.options().dtype(acc_dtype(features.scalar_type(), centers.scalar_type())));
-  with_contiguous(centers, features, labels, [&](const at::Tensor& x, const at::Tensor& y,
-                                                 at::Tensor& c) {
-    dispatch_float(x.scalar_type(), "features", [&](auto xs) {
-      dispatch_float(c.scalar_type(), "centers", [&](auto cs) {
-        forward_update_segments<decltype(xs), decltype(cs)>(x, y, c, alpha, &rows, &diff);
+  at::Tensor rows =
+      empty_cpu({features.size(0)},
+                features.options().dtype(acc_dtype(features.scalar_type(), centers.scalar_type())));
+  with_contiguous(
+      centers, features, labels, [&](const at::Tensor& x, const at::Tensor& y, at::Tensor& c) {
+        dispatch_float(x.scalar_type(), "features", [&](auto xs) {
+          dispatch_float(c.scalar_type(), "centers", [&](auto cs) {
+            forward_update_segments<decltype(xs), decltype(cs)>(x, y, c, alpha, &rows, &diff);
+          });
+        });
       });
-    });
-  });
   reduce_loss(rows, red, loss);
   return {loss, diff};
 }
 
-void update_centers_cpu(at::Tensor& centers, const at::Tensor& features,
-                        const at::Tensor& labels, double alpha,
-                        bool /*deterministic*/) {
+void update_centers_cpu(at::Tensor& centers, const at::Tensor& features, const at::Tensor& labels,
+                        double alpha, bool /*deterministic*/) {
   check_inputs(features, labels, centers);
   check_alpha(alpha);
-  with_contiguous(centers, features, labels, [&](const at::Tensor& x, const at::Tensor& y,
-                                                 at::Tensor& c) {
-    dispatch_float(x.scalar_type(), "features", [&](auto xs) {
-      dispatch_float(c.scalar_type(), "centers", [&](auto cs) {
-        forward_update_segments<decltype(xs), decltype(cs)>(x, y, c, alpha, nullptr, nullptr);
+  with_contiguous(
+      centers, features, labels, [&](const at::Tensor& x, const at::Tensor& y, at::Tensor& c) {
+        dispatch_float(x.scalar_type(), "features", [&](auto xs) {
+          dispatch_float(c.scalar_type(), "centers", [&](auto cs) {
+            forward_update_segments<decltype(xs), decltype(cs)>(x, y, c, alpha, nullptr, nullptr);
+          });
+        });
       });
-    });
-  });
 }
 
 at::Tensor backward_features_cpu(const at::Tensor& grad_loss, const at::Tensor& diff,
@@ -272,9 +276,8 @@ at::Tensor backward_features_cpu(const at::Tensor& grad_loss, const at::Tensor& 
 }
 
 at::Tensor backward_centers_cpu(const at::Tensor& grad_loss, const at::Tensor& diff,
-                                const at::Tensor& labels, int64_t reduction,
-                                int64_t num_classes, at::ScalarType centers_dtype,
-                                bool /*deterministic*/) {
+                                const at::Tensor& labels, int64_t reduction, int64_t num_classes,
+                                at::ScalarType centers_dtype, bool /*deterministic*/) {
   const Reduction red = to_reduction(reduction);
   check_backward_centers_inputs(grad_loss, diff, labels, red, num_classes);
   at::Tensor d = diff.contiguous();
@@ -294,18 +297,19 @@ at::Tensor backward_centers_cpu(const at::Tensor& grad_loss, const at::Tensor& d
       const Segments seg = sort_by_label(y.const_data_ptr<int64_t>(), B, /*chunk_rows=*/B);
       at::parallel_for(0, static_cast<int64_t>(seg.chunks.size()), 1,
                        [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> sum(D);
-        for (int64_t ch = begin; ch < end; ++ch) {
-          const Chunk& chunk = seg.chunks[ch];
-          std::fill(sum.begin(), sum.end(), acc_t(0));
-          for (int64_t p = chunk.begin; p < chunk.end; ++p) {
-            const int64_t i = seg.order[p];
-            const acc_t s = -scale.template at<acc_t>(i);
-            for (int64_t k = 0; k < D; ++k) sum[k] += s * static_cast<acc_t>(dp[i * D + k]);
-          }
-          store_row(sum.data(), op + chunk.label * D, D);
-        }
-      });
+                         std::vector<acc_t> sum(D);
+                         for (int64_t ch = begin; ch < end; ++ch) {
+                           const Chunk& chunk = seg.chunks[ch];
+                           std::fill(sum.begin(), sum.end(), acc_t(0));
+                           for (int64_t p = chunk.begin; p < chunk.end; ++p) {
+                             const int64_t i = seg.order[p];
+                             const acc_t s = -scale.template at<acc_t>(i);
+                             for (int64_t k = 0; k < D; ++k)
+                               sum[k] += s * static_cast<acc_t>(dp[i * D + k]);
+                           }
+                           store_row(sum.data(), op + chunk.label * D, D);
+                         }
+                       });
     });
   });
   return out;

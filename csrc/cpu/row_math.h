@@ -3,8 +3,6 @@
 // without -ffast-math (which would break the non-finite checks).
 #pragma once
 
-#include "../center_loss.h"
-
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -12,6 +10,8 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#include "../center_loss.h"
 
 namespace centerloss {
 

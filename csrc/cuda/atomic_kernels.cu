@@ -6,9 +6,9 @@
 // run to run. The center gradient adds each row into the dense gradient with atomics.
 // Anything else (16-bit centers, float64 features with float32 centers) takes the sorted
 // path, where sums are formed in the accumulation type and rounded once.
-#include "kernels.h"
-
 #include <ATen/Dispatch.h>
+
+#include "kernels.h"
 
 namespace centerloss {
 namespace cuda {
@@ -17,8 +17,8 @@ namespace {
 template <typename T>
 __global__ void __launch_bounds__(kBlock)
     alpha_update_atomic_kernel(const T* __restrict__ diff, Labels y,
-                               const uint8_t* __restrict__ finite, T* __restrict__ c,
-                               int64_t B, int64_t D, T alpha, Workspace ws) {
+                               const uint8_t* __restrict__ finite, T* __restrict__ c, int64_t B,
+                               int64_t D, T alpha, Workspace ws) {
   if (*ws.bad != 0) return;  // a bad label anywhere: leave every center as it was
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kBlock)
     if (lane == 0) arrived = atomicAdd(ws.slot_done + slot, 1u) + 1;
     arrived = __shfl_sync(0xffffffffu, arrived, 0);
     if (arrived != static_cast<unsigned int>(n)) continue;
-    __threadfence();  // every other row's additions, visible to the reads below
+    __threadfence();            // every other row's additions, visible to the reads below
     const volatile T* vs = sr;  // past L1: other SMs wrote it
     for (int64_t k = lane; k < D; k += kWarp) cr[k] = cr[k] + scale * vs[k];
   }
@@ -94,8 +94,8 @@ void launch_alpha_update_atomic(const at::Tensor& diff, const at::Tensor& labels
 }
 
 void launch_grad_centers_atomic(const at::Tensor& grad_loss, const at::Tensor& diff,
-                                const at::Tensor& labels, Reduction reduction,
-                                at::Tensor& grad_c, const Workspace& ws) {
+                                const at::Tensor& labels, Reduction reduction, at::Tensor& grad_c,
+                                const Workspace& ws) {
   const int64_t B = diff.size(0), D = diff.size(1);
   if (B == 0) return;
   TORCH_INTERNAL_ASSERT(diff.scalar_type() == grad_c.scalar_type());
@@ -103,10 +103,10 @@ void launch_grad_centers_atomic(const at::Tensor& grad_loss, const at::Tensor& d
   AT_DISPATCH_FLOATING_TYPES(grad_c.scalar_type(), "centerloss_grad_c_atomic", [&] {
     using g_t = scalar_t;  // grad_loss arrives in the loss dtype of diff's: scalar_t
     const int64_t blocks = row_blocks(grad_centers_atomic_kernel<scalar_t, g_t>, B);
-    grad_centers_atomic_kernel<scalar_t, g_t><<<blocks, kBlock, 0, stream>>>(
-        diff.const_data_ptr<scalar_t>(), labels_view(labels),
-        grad_scale<g_t>(grad_loss, reduction, B), grad_c.data_ptr<scalar_t>(), B, D,
-        grad_c.size(0), ws);
+    grad_centers_atomic_kernel<scalar_t, g_t>
+        <<<blocks, kBlock, 0, stream>>>(diff.const_data_ptr<scalar_t>(), labels_view(labels),
+                                        grad_scale<g_t>(grad_loss, reduction, B),
+                                        grad_c.data_ptr<scalar_t>(), B, D, grad_c.size(0), ws);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

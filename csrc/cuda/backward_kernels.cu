@@ -1,7 +1,7 @@
 // d loss / d features = d_i * s_i: one scaled copy of the saved diff rows.
-#include "kernels.h"
-
 #include <ATen/Dispatch.h>
+
+#include "kernels.h"
 
 namespace centerloss {
 namespace cuda {
@@ -41,25 +41,27 @@ __global__ void __launch_bounds__(kBlock)
 
 }  // namespace
 
-void launch_grad_features(const at::Tensor& grad_loss, const at::Tensor& diff,
-                          Reduction reduction, at::Tensor& out) {
+void launch_grad_features(const at::Tensor& grad_loss, const at::Tensor& diff, Reduction reduction,
+                          at::Tensor& out) {
   const int64_t B = diff.size(0), D = diff.size(1);
   if (B == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_grad_x", [&] {
-    using g_t = loss_type<scalar_t>;
-    const GradScale<g_t> g = grad_scale<g_t>(grad_loss, reduction, B);
-    using diff_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "centerloss_grad_x_out", [&] {
-      using out_t = scalar_t;
-      const bool vec = D % 4 == 0 && aligned4(diff.const_data_ptr(), sizeof(diff_t)) &&
-                       aligned4(out.const_data_ptr(), sizeof(out_t));
-      const int64_t blocks = row_blocks(grad_features_kernel<diff_t, out_t, g_t>, B);
-      grad_features_kernel<diff_t, out_t, g_t><<<blocks, kBlock, 0, stream>>>(
-          diff.const_data_ptr<diff_t>(), g, out.data_ptr<out_t>(), B, D, vec);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_grad_x", [&] {
+        using g_t = loss_type<scalar_t>;
+        const GradScale<g_t> g = grad_scale<g_t>(grad_loss, reduction, B);
+        using diff_t = scalar_t;
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, out.scalar_type(), "centerloss_grad_x_out", [&] {
+              using out_t = scalar_t;
+              const bool vec = D % 4 == 0 && aligned4(diff.const_data_ptr(), sizeof(diff_t)) &&
+                               aligned4(out.const_data_ptr(), sizeof(out_t));
+              const int64_t blocks = row_blocks(grad_features_kernel<diff_t, out_t, g_t>, B);
+              grad_features_kernel<diff_t, out_t, g_t><<<blocks, kBlock, 0, stream>>>(
+                  diff.const_data_ptr<diff_t>(), g, out.data_ptr<out_t>(), B, D, vec);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+      });
 }
 
 }  // namespace cuda

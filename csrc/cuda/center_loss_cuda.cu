@@ -27,12 +27,12 @@
 // then reads it back (one 8-byte read, one sync) to raise the CPU's IndexError;
 // set_cuda_label_check(false) skips that read, and CUDA-graph capture skips it always
 // (memory stays safe either way).
-#include "kernels.h"
-#include "ops_cuda.h"
-
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include "kernels.h"
+#include "ops_cuda.h"
 
 namespace centerloss {
 namespace cuda {
@@ -65,8 +65,7 @@ WorkspaceBuffer::WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bo
   ws.slot_done = with_counts ? reinterpret_cast<unsigned int*>(p) : nullptr;
   p += slot_done_bytes;
   ws.sums = with_counts ? p : nullptr;
-  C10_CUDA_CHECK(cudaMemsetAsync(base, 0, header + counts_bytes,
-                                 at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cudaMemsetAsync(base, 0, header + counts_bytes, at::cuda::getCurrentCUDAStream()));
 }
 
 namespace {
@@ -103,19 +102,17 @@ size_t acc_size(const at::Tensor& x, const at::Tensor& c) {
 // centers, whose atomics would round every addition; float64 features or diff rows with
 // float32 centers, which would be rounded to float32 term by term) takes the sorted path,
 // which sums in the accumulation type and rounds once.
-bool use_sorted_path(bool deterministic, at::ScalarType diff_dtype,
-                     at::ScalarType centers_dtype) {
-  const bool same_float = diff_dtype == centers_dtype &&
-                          (centers_dtype == at::kFloat || centers_dtype == at::kDouble);
+bool use_sorted_path(bool deterministic, at::ScalarType diff_dtype, at::ScalarType centers_dtype) {
+  const bool same_float =
+      diff_dtype == centers_dtype && (centers_dtype == at::kFloat || centers_dtype == at::kDouble);
   return deterministic || !same_float;
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& features,
-                                                const at::Tensor& labels,
-                                                const at::Tensor& centers, int64_t reduction,
-                                                bool need_diff) {
+                                                const at::Tensor& labels, const at::Tensor& centers,
+                                                int64_t reduction, bool need_diff) {
   check_inputs(features, labels, centers);
   const Reduction red = to_reduction(reduction);
   c10::cuda::CUDAGuard guard(features.device());
@@ -141,8 +138,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> forward_and_update(at::Tensor& centers,
                                                       const at::Tensor& features,
                                                       const at::Tensor& labels, Reduction red,
-                                                      bool with_loss, double alpha,
-                                                      bool need_diff, bool deterministic) {
+                                                      bool with_loss, double alpha, bool need_diff,
+                                                      bool deterministic) {
   check_inputs(features, labels, centers);
   check_alpha(alpha);
   c10::cuda::CUDAGuard guard(features.device());
@@ -176,15 +173,15 @@ std::tuple<at::Tensor, at::Tensor> forward_and_update(at::Tensor& centers,
 
 std::tuple<at::Tensor, at::Tensor> forward_update_cuda(at::Tensor& centers,
                                                        const at::Tensor& features,
-                                                       const at::Tensor& labels,
-                                                       int64_t reduction, double alpha,
-                                                       bool need_diff, bool deterministic) {
+                                                       const at::Tensor& labels, int64_t reduction,
+                                                       double alpha, bool need_diff,
+                                                       bool deterministic) {
   return forward_and_update(centers, features, labels, to_reduction(reduction),
                             /*with_loss=*/true, alpha, need_diff, deterministic);
 }
 
-void update_centers_cuda(at::Tensor& centers, const at::Tensor& features,
-                         const at::Tensor& labels, double alpha, bool deterministic) {
+void update_centers_cuda(at::Tensor& centers, const at::Tensor& features, const at::Tensor& labels,
+                         double alpha, bool deterministic) {
   forward_and_update(centers, features, labels, Reduction::Mean, /*with_loss=*/false, alpha,
                      /*need_diff=*/false, deterministic);
 }
@@ -201,9 +198,8 @@ at::Tensor backward_features_cuda(const at::Tensor& grad_loss, const at::Tensor&
 }
 
 at::Tensor backward_centers_cuda(const at::Tensor& grad_loss, const at::Tensor& diff,
-                                 const at::Tensor& labels, int64_t reduction,
-                                 int64_t num_classes, at::ScalarType centers_dtype,
-                                 bool deterministic) {
+                                 const at::Tensor& labels, int64_t reduction, int64_t num_classes,
+                                 at::ScalarType centers_dtype, bool deterministic) {
   const Reduction red = to_reduction(reduction);
   check_backward_centers_inputs(grad_loss, diff, labels, red, num_classes);
   c10::cuda::CUDAGuard guard(diff.device());

@@ -1,12 +1,12 @@
 // The forward rows kernel: reads x and the gathered centers once and writes everything
 // the rest of the step needs (loss, diff rows, finite flags, per-class counts, and the
 // zeroed class-sum slots of the atomic update).
-#include "kernels.h"
-
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <limits>
+
+#include "kernels.h"
 
 namespace centerloss {
 namespace cuda {
@@ -19,12 +19,11 @@ namespace {
 // against a row of x and of c read from memory per warp; not worth a separate kernel.
 template <typename scalar_t, typename center_t>
 __global__ void __launch_bounds__(kBlock)
-    forward_rows_kernel(const scalar_t* __restrict__ x, Labels y,
-                        const center_t* __restrict__ c, int64_t B, int64_t D, int64_t C,
-                        bool vec, int reduction, loss_type<scalar_t>* __restrict__ loss,
+    forward_rows_kernel(const scalar_t* __restrict__ x, Labels y, const center_t* __restrict__ c,
+                        int64_t B, int64_t D, int64_t C, bool vec, int reduction,
+                        loss_type<scalar_t>* __restrict__ loss,
                         acc_type<scalar_t, center_t>* __restrict__ diff,
-                        uint8_t* __restrict__ finite,
-                        Workspace ws) {
+                        uint8_t* __restrict__ finite, Workspace ws) {
   using acc_t = acc_type<scalar_t, center_t>;
   using loss_t = loss_type<scalar_t>;
   const int lane = threadIdx.x % kWarp;
@@ -130,12 +129,13 @@ __global__ void __launch_bounds__(kBlock)
 
 int64_t forward_rows_blocks(const at::Tensor& x, const at::Tensor& c) {
   int64_t blocks = 1;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "centerloss_forward_grid", [&] {
-    using feat_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_forward_grid_c", [&] {
-      blocks = row_blocks(forward_rows_kernel<feat_t, scalar_t>, x.size(0));
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "centerloss_forward_grid", [&] {
+        using feat_t = scalar_t;
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_forward_grid_c",
+            [&] { blocks = row_blocks(forward_rows_kernel<feat_t, scalar_t>, x.size(0)); });
+      });
   return blocks;
 }
 
@@ -145,23 +145,25 @@ void launch_forward_rows(const at::Tensor& x, const at::Tensor& labels, const at
   const int64_t B = x.size(0), D = x.size(1), C = c.size(0);
   if (B == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "centerloss_forward", [&] {
-    using feat_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_forward_c", [&] {
-      using center_t = scalar_t;
-      using loss_t = loss_type<feat_t>;
-      using acc_t = acc_type<feat_t, center_t>;
-      const bool vec = D % 4 == 0 && aligned4(x.const_data_ptr(), sizeof(feat_t)) &&
-                       aligned4(c.const_data_ptr(), sizeof(center_t)) &&
-                       (!diff || aligned4(diff->const_data_ptr(), sizeof(acc_t)));
-      forward_rows_kernel<feat_t, center_t><<<blocks, kBlock, 0, stream>>>(
-          x.const_data_ptr<feat_t>(), labels_view(labels), c.const_data_ptr<center_t>(), B, D, C,
-          vec, static_cast<int>(reduction), loss ? loss->data_ptr<loss_t>() : nullptr,
-          diff ? diff->data_ptr<acc_t>() : nullptr,
-          finite ? finite->data_ptr<uint8_t>() : nullptr, ws);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "centerloss_forward", [&] {
+        using feat_t = scalar_t;
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_forward_c", [&] {
+              using center_t = scalar_t;
+              using loss_t = loss_type<feat_t>;
+              using acc_t = acc_type<feat_t, center_t>;
+              const bool vec = D % 4 == 0 && aligned4(x.const_data_ptr(), sizeof(feat_t)) &&
+                               aligned4(c.const_data_ptr(), sizeof(center_t)) &&
+                               (!diff || aligned4(diff->const_data_ptr(), sizeof(acc_t)));
+              forward_rows_kernel<feat_t, center_t><<<blocks, kBlock, 0, stream>>>(
+                  x.const_data_ptr<feat_t>(), labels_view(labels), c.const_data_ptr<center_t>(), B,
+                  D, C, vec, static_cast<int>(reduction), loss ? loss->data_ptr<loss_t>() : nullptr,
+                  diff ? diff->data_ptr<acc_t>() : nullptr,
+                  finite ? finite->data_ptr<uint8_t>() : nullptr, ws);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+      });
 }
 
 }  // namespace cuda

@@ -62,8 +62,8 @@ void launch_alpha_update_atomic(const at::Tensor& diff, const at::Tensor& labels
 // grad_c[y_i] -= s_i * d_i, with atomics (grad_c zero-filled by the caller); rows with
 // out-of-range labels are recorded in ws.bad and skipped.
 void launch_grad_centers_atomic(const at::Tensor& grad_loss, const at::Tensor& diff,
-                                const at::Tensor& labels, Reduction reduction,
-                                at::Tensor& grad_c, const Workspace& ws);
+                                const at::Tensor& labels, Reduction reduction, at::Tensor& grad_c,
+                                const Workspace& ws);
 
 // segments.cu — the deterministic paths (and every dtype the atomic ones do not take):
 // per-class sums over the label-sorted rows in chunks of kChunkRows, in a fixed order.
@@ -72,12 +72,12 @@ void launch_alpha_update_sorted(const at::Tensor& diff, const at::Tensor& labels
                                 const Workspace& ws);
 // ... rows with out-of-range labels are recorded in ws.bad and left out.
 void launch_grad_centers_sorted(const at::Tensor& grad_loss, const at::Tensor& diff,
-                                const at::Tensor& labels, Reduction reduction,
-                                at::Tensor& grad_c, const Workspace& ws);
+                                const at::Tensor& labels, Reduction reduction, at::Tensor& grad_c,
+                                const Workspace& ws);
 
 // backward_kernels.cu — grad_x = d * s (s: g_i, g or g / B), written in out's dtype.
-void launch_grad_features(const at::Tensor& grad_loss, const at::Tensor& diff,
-                          Reduction reduction, at::Tensor& out);
+void launch_grad_features(const at::Tensor& grad_loss, const at::Tensor& diff, Reduction reduction,
+                          at::Tensor& out);
 
 }  // namespace cuda
 }  // namespace centerloss

@@ -1,7 +1,7 @@
 // Binds the CUDA op functions (ops_cuda.h) to the centerloss schemas for the CUDA key.
-#include "ops_cuda.h"
-
 #include <torch/library.h>
+
+#include "ops_cuda.h"
 
 namespace centerloss {
 namespace cuda {

@@ -3,8 +3,6 @@
 // allocations and the launch geometry of the row kernels.
 #pragma once
 
-#include "../center_loss.h"
-
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/EmptyTensor.h>
@@ -13,6 +11,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+
+#include "../center_loss.h"
 
 namespace centerloss {
 namespace cuda {
@@ -28,7 +28,8 @@ constexpr int kWarpsPerBlock = kBlock / kWarp;
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 

@@ -12,17 +12,17 @@
 // Launches: a copy of int32 labels to int64 (int32 labels only), at::sort's own, the
 // chunk kernel and the split-class kernel. Wide rows: both kernels loop over column
 // tiles beyond a fixed number of tiles per launch (never a grid over the 65535 limit).
-#include "kernels.h"
-
 #include <ATen/Dispatch.h>
+
+#include "kernels.h"
 
 namespace centerloss {
 namespace cuda {
 namespace {
 
-constexpr int kColumns = 128;     // threads of a chunk block: one column each
-constexpr int kSplitColumns = 32; // threads of a split-class block: 32 columns ...
-constexpr int kSplitGroups = 8;   // ... by 8 groups, group g summing slots g, g + 8, ...
+constexpr int kColumns = 128;      // threads of a chunk block: one column each
+constexpr int kSplitColumns = 32;  // threads of a split-class block: 32 columns ...
+constexpr int kSplitGroups = 8;    // ... by 8 groups, group g summing slots g, g + 8, ...
 // Column tiles per launch (grid.y), far below the 65535 limit: wider rows loop over
 // tiles (D > 65536 in the chunk kernel, D > 32768 in the split-class kernel), which
 // still leaves thousands of blocks per chunk.
@@ -93,8 +93,8 @@ struct GradFinish {
 // One block per chunk (blockIdx.x) and column tile (blockIdx.y, striding by gridDim.y).
 template <typename acc_t, typename Rows, typename Finish>
 __global__ void __launch_bounds__(kColumns)
-    chunk_kernel(const int64_t* __restrict__ sorted, const int64_t* __restrict__ order,
-                 int64_t B, int64_t D, Rows rows, Finish finish, Slots<acc_t> slots,
+    chunk_kernel(const int64_t* __restrict__ sorted, const int64_t* __restrict__ order, int64_t B,
+                 int64_t D, Rows rows, Finish finish, Slots<acc_t> slots,
                  const unsigned long long* stop) {
   if (stop != nullptr && *stop != 0) return;  // a bad label anywhere: write nothing
   __shared__ int64_t label[kChunkRows];
@@ -155,9 +155,9 @@ __global__ void __launch_bounds__(kColumns)
 // the chunks it goes on into) summed by kSplitGroups groups side by side, each in slot
 // order, then the groups' sums in group order.
 template <typename acc_t, typename Finish>
-__global__ void __launch_bounds__(kSplitColumns * kSplitGroups)
-    split_class_kernel(const int64_t* __restrict__ sorted, int64_t B, int64_t D,
-                       Finish finish, Slots<acc_t> slots, const unsigned long long* stop) {
+__global__ void __launch_bounds__(kSplitColumns* kSplitGroups)
+    split_class_kernel(const int64_t* __restrict__ sorted, int64_t B, int64_t D, Finish finish,
+                       Slots<acc_t> slots, const unsigned long long* stop) {
   if (stop != nullptr && *stop != 0) return;
   const int64_t w = blockIdx.x;
   if (!slots.has_last[w]) return;  // the same for every thread of the block
@@ -234,8 +234,8 @@ void run_sorted(const at::Tensor& labels, int64_t D, Rows rows, Finish finish,
   const dim3 split_grid(
       static_cast<unsigned>(chunks),
       static_cast<unsigned>(std::min((D + kSplitColumns - 1) / kSplitColumns, kMaxSplitTiles)));
-  split_class_kernel<acc_t><<<split_grid, dim3(kSplitColumns, kSplitGroups), 0, stream>>>(
-      sp, B, D, finish, slots, stop);
+  split_class_kernel<acc_t>
+      <<<split_grid, dim3(kSplitColumns, kSplitGroups), 0, stream>>>(sp, B, D, finish, slots, stop);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -247,36 +247,40 @@ void launch_alpha_update_sorted(const at::Tensor& diff, const at::Tensor& labels
   const int64_t D = diff.size(1);
   AT_DISPATCH_FLOATING_TYPES(diff.scalar_type(), "centerloss_update_sorted", [&] {
     using diff_t = scalar_t;  // the forward kernel's rows, in the accumulation type
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_update_sorted_c", [&] {
-      using center_t = scalar_t;
-      using acc_t = acc_type<diff_t, center_t>;
-      run_sorted<acc_t>(labels, D,
-                        UpdateRows<diff_t, acc_t>{diff.const_data_ptr<diff_t>(),
-                                                  finite.const_data_ptr<uint8_t>(), D},
-                        AlphaFinish<center_t, acc_t>{c.data_ptr<center_t>(), D,
-                                                     static_cast<acc_t>(alpha)},
-                        ws.bad);
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_update_sorted_c", [&] {
+          using center_t = scalar_t;
+          using acc_t = acc_type<diff_t, center_t>;
+          run_sorted<acc_t>(
+              labels, D,
+              UpdateRows<diff_t, acc_t>{diff.const_data_ptr<diff_t>(),
+                                        finite.const_data_ptr<uint8_t>(), D},
+              AlphaFinish<center_t, acc_t>{c.data_ptr<center_t>(), D, static_cast<acc_t>(alpha)},
+              ws.bad);
+        });
   });
 }
 
 void launch_grad_centers_sorted(const at::Tensor& grad_loss, const at::Tensor& diff,
-                                const at::Tensor& labels, Reduction reduction,
-                                at::Tensor& grad_c, const Workspace& ws) {
+                                const at::Tensor& labels, Reduction reduction, at::Tensor& grad_c,
+                                const Workspace& ws) {
   const int64_t B = diff.size(0), D = diff.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_grad_c_sorted", [&] {
-    using diff_t = scalar_t;
-    using g_t = loss_type<diff_t>;
-    const GradScale<g_t> g = grad_scale<g_t>(grad_loss, reduction, B);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_c.scalar_type(), "centerloss_grad_c_sorted_c", [&] {
-      using center_t = scalar_t;
-      using acc_t = acc_type<diff_t, center_t>;
-      run_sorted<acc_t>(labels, D,
-                        GradRows<diff_t, acc_t, g_t>{diff.const_data_ptr<diff_t>(), g, B, D,
-                                                     grad_c.size(0), ws.bad},
-                        GradFinish<center_t, acc_t>{grad_c.data_ptr<center_t>(), D}, nullptr);
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, diff.scalar_type(), "centerloss_grad_c_sorted", [&] {
+        using diff_t = scalar_t;
+        using g_t = loss_type<diff_t>;
+        const GradScale<g_t> g = grad_scale<g_t>(grad_loss, reduction, B);
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, grad_c.scalar_type(), "centerloss_grad_c_sorted_c", [&] {
+              using center_t = scalar_t;
+              using acc_t = acc_type<diff_t, center_t>;
+              run_sorted<acc_t>(labels, D,
+                                GradRows<diff_t, acc_t, g_t>{diff.const_data_ptr<diff_t>(), g, B, D,
+                                                             grad_c.size(0), ws.bad},
+                                GradFinish<center_t, acc_t>{grad_c.data_ptr<center_t>(), D},
+                                nullptr);
+            });
+      });
 }
 
 }  // namespace cuda

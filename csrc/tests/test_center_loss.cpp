@@ -15,10 +15,10 @@ using Pair = std::tuple<at::Tensor, at::Tensor>;
 
 Pair forward(const at::Tensor& x, const at::Tensor& y, const at::Tensor& c, int64_t red,
              bool need_diff) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("centerloss::forward", "")
-                       .typed<Pair(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                   int64_t, bool)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("centerloss::forward", "")
+          .typed<Pair(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool)>();
   return op.call(x, y, c, red, need_diff);
 }
 

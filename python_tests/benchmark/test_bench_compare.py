@@ -1,6 +1,7 @@
 """The benchmark's machinery on tiny shapes: wrong answers are FAILED and not timed, OOM and
 slow variants are reported and the run goes on, the floor arithmetic, the shape grid,
 and the whole script end to end (CPU, no compilation: test_compile covers that)."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ class _Wrong(AlphaStep):
     """The reference with one thing spoiled."""
 
     def __init__(self, problem, spoil):
-        super().__init__(reference.CenterLoss(problem.shape.C, problem.shape.D), problem,
-                         compile=False)
+        super().__init__(
+            reference.CenterLoss(problem.shape.C, problem.shape.D), problem, compile=False
+        )
         self.spoil = spoil
 
     def __call__(self, x, y):
@@ -55,8 +57,7 @@ def test_wrong_answer_is_failed_and_not_timed(problem, spoil):
     assert result.step is None
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if not v.compiled],
-                         ids=lambda v: v.name)
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if not v.compiled], ids=lambda v: v.name)
 def test_every_eager_variant_passes_its_check_and_is_timed(problem, variant):
     result = run_variant(variant, problem, checks.expected(problem), FAST)
     assert result.status == "ok", result.note
@@ -75,21 +76,28 @@ def test_bfloat16_features_pass_the_check():
 def _raise(error):
     def build(problem):
         raise error
+
     return build
 
 
 def test_oom_and_errors_are_reported_not_raised(problem):
-    oom = run_variant(Variant("oom", _raise(torch.cuda.OutOfMemoryError("CUDA out of memory."))),
-                      problem, None, FAST)
+    oom = run_variant(
+        Variant("oom", _raise(torch.cuda.OutOfMemoryError("CUDA out of memory."))),
+        problem,
+        None,
+        FAST,
+    )
     assert oom.status == "OOM"
-    err = run_variant(Variant("broken", _raise(NotImplementedError("no CUDA kernel"))),
-                      problem, None, FAST)
+    err = run_variant(
+        Variant("broken", _raise(NotImplementedError("no CUDA kernel"))), problem, None, FAST
+    )
     assert err.status == "error" and "no CUDA kernel" in err.note
 
 
 def test_too_slow_is_reported_not_timed(problem):
-    result = run_variant(VARIANTS[0], problem, checks.expected(problem),
-                         Settings(min_run_time=0.01, budget=1e-9))
+    result = run_variant(
+        VARIANTS[0], problem, checks.expected(problem), Settings(min_run_time=0.01, budget=1e-9)
+    )
     assert result.status == "too slow" and result.step is None
 
 
@@ -111,7 +119,8 @@ def test_peak_memory_counts_the_distance_matrix():
 def test_floor_arithmetic():
     # 2·B·D·4 (features in, gradient out) + B·8 (labels) + 2·U·D·4 (center rows in and out)
     assert step_bytes(B=10, D=3, classes_in_batch=4, feature_bytes=4, center_bytes=4) == (
-        240 + 80 + 96)
+        240 + 80 + 96
+    )
     assert step_bytes(10, 3, 4, feature_bytes=2, center_bytes=4) == 120 + 80 + 96
     assert floor_seconds(2_000_000, bandwidth=1e9, launch=5e-6) == pytest.approx(2.005e-3)
     with pytest.raises(ValueError):
@@ -151,8 +160,7 @@ def test_report_derives_loss_cost_and_speedups(problem):
     want = checks.expected(problem)
     results = [run_variant(v, problem, want, FAST) for v in VARIANTS if not v.compiled]
     base = run_variant(BASELINE, problem, None, FAST)
-    results.append(run_variant(Variant("wrong", lambda p: _Wrong(p, "loss")), problem, want,
-                               FAST))
+    results.append(run_variant(Variant("wrong", lambda p: _Wrong(p, "loss")), problem, want, FAST))
     rep = report.ShapeReport(problem.shape, base, results, 5, 1000, floor_s=1e-6)
     rep.compute()
     ext = rep.derived["centerloss_ext"]
@@ -167,8 +175,22 @@ def test_report_derives_loss_cost_and_speedups(problem):
 
 def test_script_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert compare.main(["--device", "cpu", "--shapes", "64x4x5,128x4x5", "--no-compile",
-                         "--min-run-time", "0.01", "--out", str(out)]) == 0
+    assert (
+        compare.main(
+            [
+                "--device",
+                "cpu",
+                "--shapes",
+                "64x4x5,128x4x5",
+                "--no-compile",
+                "--min-run-time",
+                "0.01",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "speedup" in printed and "distance matrix" in printed
     data = json.loads((out / "compare.json").read_text())
@@ -176,7 +198,8 @@ def test_script_end_to_end(tmp_path, capsys):
     for shape in data["shapes"]:
         assert shape["baseline"]["status"] == "ok"
         assert {v["variant"] for v in shape["variants"]} == {
-            v.name for v in VARIANTS if not v.compiled}
+            v.name for v in VARIANTS if not v.compiled
+        }
         assert all(v["status"] == "ok" for v in shape["variants"])
     assert (out / "compare.png").stat().st_size > 10_000
     assert "| distance matrix |" in (out / "compare.md").read_text()
@@ -189,8 +212,21 @@ def test_script_end_to_end(tmp_path, capsys):
 def test_script_exits_nonzero_on_a_wrong_answer(tmp_path, monkeypatch):
     wrong = Variant("wrong", lambda p: _Wrong(p, "centers"))
     monkeypatch.setattr(compare, "VARIANTS", [VARIANTS[0], wrong])
-    assert compare.main(["--device", "cpu", "--shapes", "64x4x5", "--min-run-time", "0.01",
-                         "--out", str(tmp_path)]) == 1
+    assert (
+        compare.main(
+            [
+                "--device",
+                "cpu",
+                "--shapes",
+                "64x4x5",
+                "--min-run-time",
+                "0.01",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
 
 
 @pytest.mark.gpu

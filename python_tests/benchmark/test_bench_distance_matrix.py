@@ -1,4 +1,5 @@
 """The benchmark's distance-matrix baseline computes the SPEC's loss and gradients."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,9 @@ from helpers import make_batch
 
 @pytest.mark.parametrize("B,D,C", [(1, 3, 4), (37, 5, 7), (64, 2, 10), (0, 4, 3)])
 def test_distance_matrix_matches_reference(device, B, D, C):
-    x, y, c = make_batch(B, D, C, dtype=torch.float64, centers_dtype=torch.float64,
-                         device=device, seed=B)
+    x, y, c = make_batch(
+        B, D, C, dtype=torch.float64, centers_dtype=torch.float64, device=device, seed=B
+    )
     dm = DistanceMatrixCenterLoss(C, D, device=device, dtype=torch.float64)
     with torch.no_grad():
         dm.centers.copy_(c)

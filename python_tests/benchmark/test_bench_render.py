@@ -2,6 +2,7 @@
 by `bench/compare.py --render`: the committed page is exactly its rendering (a hand edit
 inside the markers fails here), rendering twice changes nothing, the prose outside the
 markers is kept, and a small hand-made run renders to known Markdown."""
+
 from __future__ import annotations
 
 import json
@@ -20,17 +21,21 @@ RESULTS = BENCH / "results"
 
 def _empty_blocks(text: str) -> str:
     """The page with every rendered block's content removed, markers kept."""
-    return re.sub(f"({report.BEGIN.pattern}).*?({re.escape(report.END)})", r"\1\n\4",
-                  text, flags=re.S)
+    return re.sub(
+        f"({report.BEGIN.pattern}).*?({re.escape(report.END)})", r"\1\n\4", text, flags=re.S
+    )
 
 
 def test_committed_page_is_the_rendering_of_the_committed_json():
     text = PAGE.read_text()
     rendered, used = report.render_page(text, RESULTS, PAGE.parent)
-    assert rendered == text, ("bench/RESULTS.md differs from its rendering: edit the prose "
-                              "outside the markers, then run python bench/compare.py --render")
+    assert rendered == text, (
+        "bench/RESULTS.md differs from its rendering: edit the prose "
+        "outside the markers, then run python bench/compare.py --render"
+    )
     assert sorted(used) == sorted(p.name for p in RESULTS.glob("*.json")), (
-        "every committed run has a block on the page")
+        "every committed run has a block on the page"
+    )
     for name in used:
         for kind in ("run", "tables"):
             assert f"from {name} ({kind}): do not edit" in text, (name, kind)
@@ -97,40 +102,81 @@ def test_cli_page_options_need_page_mode():
 
 # A small hand-made run and the Markdown it must give.
 
+
 def _stats(median: float, iqr: float) -> dict:
-    return {"median": median, "q1": median - iqr / 2, "q3": median + iqr / 2,
-            "mean": median, "blocks": 10, "per_block": 100, "method": "timeit",
-            "times": [median] * 10}
+    return {
+        "median": median,
+        "q1": median - iqr / 2,
+        "q3": median + iqr / 2,
+        "mean": median,
+        "blocks": 10,
+        "per_block": 100,
+        "method": "timeit",
+        "times": [median] * 10,
+    }
 
 
 def _variant(name: str, median=None, iqr=0.0, peak=None, status="ok", note="") -> dict:
-    return {"variant": name, "status": status, "note": note,
-            "step": None if median is None else _stats(median, iqr), "cuda_graph": None,
-            "cuda_graph_note": "", "peak_bytes": peak, "first_call_s": 0.01,
-            "check_errors": {}}
+    return {
+        "variant": name,
+        "status": status,
+        "note": note,
+        "step": None if median is None else _stats(median, iqr),
+        "cuda_graph": None,
+        "cuda_graph_note": "",
+        "peak_bytes": peak,
+        "first_call_s": 0.01,
+        "check_errors": {},
+    }
 
 
 def hand_made_run() -> dict:
     return {
-        "machine": {"date": "2026-01-02T03:04:05+00:00",
-                    "command": "python bench/compare.py --quick", "git_commit": "abc1234",
-                    "device": "cpu", "torch": "2.9.0", "python": "3.11.7", "cpu": "Test CPU",
-                    "cpu_count": 4, "torch_threads": 4, "load_average_start": [0.5, 0.4, 0.3],
-                    "centerloss_ext": {"centerloss_ext": "0.1.0", "CUDA compiled in": False}},
-        "dtype": "float32", "quick": True,
-        "settings": {"min_run_time": 0.3, "min_runs": 10, "warmup": 3, "budget": 20.0,
-                     "cuda_graphs": True},
-        "batches_rotated": 4, "load_average_end": [0.75, 0.5, 0.4], "wall_s": 12.4,
-        "shapes": [{
-            "B": 512, "D": 512, "C": 10_000, "group": "face10k", "classes_in_batch": 499,
-            "floor_bytes": 4_000_000, "floor_s": None, "load_average": [0.625, 0.4, 0.3],
-            "baseline": _variant("features.sum()", 20e-6, 1e-6),
-            "variants": [
-                _variant("centerloss_ext", 100e-6, 4e-6, 2**20),
-                _variant("reference", 500e-6, 20e-6, 3 * 2**20),
-                _variant("distance matrix", status="too slow",
-                         note="one step takes about 9.00 s"),
-            ]}],
+        "machine": {
+            "date": "2026-01-02T03:04:05+00:00",
+            "command": "python bench/compare.py --quick",
+            "git_commit": "abc1234",
+            "device": "cpu",
+            "torch": "2.9.0",
+            "python": "3.11.7",
+            "cpu": "Test CPU",
+            "cpu_count": 4,
+            "torch_threads": 4,
+            "load_average_start": [0.5, 0.4, 0.3],
+            "centerloss_ext": {"centerloss_ext": "0.1.0", "CUDA compiled in": False},
+        },
+        "dtype": "float32",
+        "quick": True,
+        "settings": {
+            "min_run_time": 0.3,
+            "min_runs": 10,
+            "warmup": 3,
+            "budget": 20.0,
+            "cuda_graphs": True,
+        },
+        "batches_rotated": 4,
+        "load_average_end": [0.75, 0.5, 0.4],
+        "wall_s": 12.4,
+        "shapes": [
+            {
+                "B": 512,
+                "D": 512,
+                "C": 10_000,
+                "group": "face10k",
+                "classes_in_batch": 499,
+                "floor_bytes": 4_000_000,
+                "floor_s": None,
+                "load_average": [0.625, 0.4, 0.3],
+                "baseline": _variant("features.sum()", 20e-6, 1e-6),
+                "variants": [
+                    _variant("centerloss_ext", 100e-6, 4e-6, 2**20),
+                    _variant("reference", 500e-6, 20e-6, 3 * 2**20),
+                    _variant(
+                        "distance matrix", status="too slow", note="one step takes about 9.00 s"
+                    ),
+                ],
+            }
+        ],
     }
 
 
@@ -210,28 +256,43 @@ def test_hand_made_run_renders_to_known_markdown(hand_results):
 
 def test_hand_made_cuda_run_names_the_gpu_and_the_floor(hand_results):
     run = hand_made_run()
-    run["machine"].update(device="cuda", gpu="NVIDIA H100 80GB HBM3",
-                          gpu_memory_bytes=80 * 2**30, cuda="13.0", matmul_allow_tf32=False)
-    run["floor"] = {"copy_bandwidth_bytes_per_s": 2.5e12, "empty_launch_s": 4e-6,
-                    "copy_bytes": 1 << 30}
+    run["machine"].update(
+        device="cuda",
+        gpu="NVIDIA H100 80GB HBM3",
+        gpu_memory_bytes=80 * 2**30,
+        cuda="13.0",
+        matmul_allow_tf32=False,
+    )
+    run["floor"] = {
+        "copy_bandwidth_bytes_per_s": 2.5e12,
+        "empty_launch_s": 4e-6,
+        "copy_bytes": 1 << 30,
+    }
     run["shapes"][0]["floor_s"] = 5.6e-6
     (hand_results / "run.json").write_text(json.dumps(run))
     rendered, _ = report.render_page(HAND_PAGE, hand_results, hand_results.parent)
     flat = " ".join(rendered.split())
     assert "NVIDIA H100 80GB HBM3 (80 GiB), CUDA 13.0, TF32 matmul off" in flat
-    assert "- Floor: device-to-device copy 2500 GB/s (read + write), one-element kernel " \
-           "launch 4.0 µs." in flat
+    assert (
+        "- Floor: device-to-device copy 2500 GB/s (read + write), one-element kernel "
+        "launch 4.0 µs." in flat
+    )
     assert "| variant | step | ±IQR/2 | loss cost | CUDA graph | × floor | peak MiB |" in flat
     assert "| centerloss_ext | 100.0 µs | 2.0 µs | 80.0 µs | - | 17.9× |" in flat
 
 
-@pytest.mark.parametrize("page, error", [
-    (f"{M} (plot): do not edit -->\n{E}\n", "unknown kind 'plot'"),
-    (f"{M} (tables): do not edit -->\nno end\n", "has no <!-- end rendered -->"),
-    (f"{M} (tables): do not edit -->\n{M} (run): do not edit -->\n{E}\n", "has no"),
-    (f"x\n{M.replace('run.json', 'gone.json')} (tables): do not edit -->\n{E}\n",
-     "line 2: .*gone.json not found"),
-])
+@pytest.mark.parametrize(
+    "page, error",
+    [
+        (f"{M} (plot): do not edit -->\n{E}\n", "unknown kind 'plot'"),
+        (f"{M} (tables): do not edit -->\nno end\n", "has no <!-- end rendered -->"),
+        (f"{M} (tables): do not edit -->\n{M} (run): do not edit -->\n{E}\n", "has no"),
+        (
+            f"x\n{M.replace('run.json', 'gone.json')} (tables): do not edit -->\n{E}\n",
+            "line 2: .*gone.json not found",
+        ),
+    ],
+)
 def test_bad_markers_are_reported(hand_results, page, error):
     with pytest.raises(report.PageError, match=error):
         report.render_page(page, hand_results, hand_results.parent)

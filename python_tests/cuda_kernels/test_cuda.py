@@ -4,15 +4,15 @@ label patterns, both update paths, determinism, bad labels, CUDA graphs, launch 
 and memory. They run on a GPU (`pytest -m cuda`) or, without one, on the SIMT emulator
 (`make test-cuda-emu`: the same .cu sources on the CPU; CUDA_DEVICE is then "simt").
 Tests marked `gpu` need real hardware (graph capture, the profiler)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import centerloss_ext as cl
-from helpers import TOL, coarser
-
 from conftest import CUDA_DEVICE, EMULATED, FLOAT_DTYPES, sync
+from helpers import TOL, coarser
 
 pytestmark = pytest.mark.cuda
 DEV = CUDA_DEVICE
@@ -51,8 +51,9 @@ def _compare(cuda_out, cpu_out, tol_dtype, scale=1.0):
     rtol, atol = TOL[tol_dtype]
     rtol, atol = max(rtol, 1e-4), max(atol, 1e-4)  # float32 sums in another order
     for key, expected in cpu_out.items():
-        torch.testing.assert_close(cuda_out[key].cpu().double(), expected.double(),
-                                   rtol=rtol, atol=atol * scale, msg=key)
+        torch.testing.assert_close(
+            cuda_out[key].cpu().double(), expected.double(), rtol=rtol, atol=atol * scale, msg=key
+        )
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -74,9 +75,20 @@ def test_cuda_matches_cpu(dtype, centers_dtype, reduction, mode, deterministic):
         _compare(cuda, cpu, coarser(dtype, centers_dtype, torch.float32), scale)
 
 
-@pytest.mark.parametrize("B, D, C", [(1, 1, 1), (10, 0, 3), (63, 3, 7), (64, 4, 64), (65, 5, 2),
-                                     (1000, 2, 10), (100_000, 64, 1000),
-                                     (4096, 8, 1_000_000), (100_000, 16, 1)])
+@pytest.mark.parametrize(
+    "B, D, C",
+    [
+        (1, 1, 1),
+        (10, 0, 3),
+        (63, 3, 7),
+        (64, 4, 64),
+        (65, 5, 2),
+        (1000, 2, 10),
+        (100_000, 64, 1000),
+        (4096, 8, 1_000_000),
+        (100_000, 16, 1),
+    ],
+)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_sizes(B, D, C, deterministic):
     g = torch.Generator().manual_seed(B)
@@ -251,8 +263,13 @@ def _count_launches(step) -> int:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step()
         sync()
-    return len([e for e in prof.events() if e.device_type.name == "CUDA"
-                and not e.name.lower().startswith(("memset", "memcpy"))])
+    return len(
+        [
+            e
+            for e in prof.events()
+            if e.device_type.name == "CUDA" and not e.name.lower().startswith(("memset", "memcpy"))
+        ]
+    )
 
 
 @pytest.mark.parametrize("deterministic, most", [(False, 4), (True, 8)])

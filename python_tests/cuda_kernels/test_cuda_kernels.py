@@ -4,6 +4,7 @@ accumulation, very wide rows, a class spanning many chunks, the deterministic pa
 allocations and launches, and backward_centers' bad labels. Runs on a GPU or under the
 SIMT emulator (CUDA_DEVICE); the same 16-bit checks on the CPU are in
 test_accumulation.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,6 +48,7 @@ def _launches(fn):
 
 
 # --- defects 1 and 10: the issue's float16 example on every path ----------------------------
+
 
 @pytest.mark.parametrize("deterministic", [False, True])  # atomic / sorted update
 def test_update_centers_far_from_float16_range(deterministic):
@@ -101,9 +103,15 @@ def test_update_sums_unrounded_differences(dtype, deterministic):
     assert abs(expected.item() - (0.3 + 3 * 2047.7 / 4)) < 1e-3
 
 
-@pytest.mark.parametrize("dtype, centers_dtype", [
-    (torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16),
-    (torch.float32, torch.float64), (torch.float64, torch.float32)])
+@pytest.mark.parametrize(
+    "dtype, centers_dtype",
+    [
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.float64),
+        (torch.float64, torch.float32),
+    ],
+)
 def test_diff_rows_and_gradient_dtypes(dtype, centers_dtype):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(70, 12, generator=g).to(dtype)
@@ -121,6 +129,7 @@ def test_diff_rows_and_gradient_dtypes(dtype, centers_dtype):
 
 
 # --- defect 2: the atomic path accumulates in the accumulation type -------------------------
+
 
 def test_float64_features_float32_centers_sum_in_float64():
     # one large and 999 small differences: added one by one to a float32 center (~10),
@@ -153,6 +162,7 @@ def test_float64_rows_float32_center_gradient_sums_in_float64():
 
 # --- defect 3: rows wider than the sorted path's grid ---------------------------------------
 
+
 @pytest.mark.parametrize("D", [70_000, 65535 * 128 + 1])
 def test_very_wide_rows_on_the_sorted_path(D):
     # B = 130: one class over 3 chunks (a split class) and a second class; D = 70000 makes
@@ -169,13 +179,15 @@ def test_very_wide_rows_on_the_sorted_path(D):
     cl.update_centers_(cd, *_to(x, y), 0.5, deterministic=True)
     torch.testing.assert_close(cd.cpu(), expected, rtol=1e-5, atol=1e-5)
     diff = x - c[y]
-    grad = ops.backward_centers(torch.tensor(1.0, device=DEV), diff.to(DEV), y.to(DEV), 2, 2,
-                                torch.float32, True)
+    grad = ops.backward_centers(
+        torch.tensor(1.0, device=DEV), diff.to(DEV), y.to(DEV), 2, 2, torch.float32, True
+    )
     expected_grad = ops.backward_centers(torch.tensor(1.0), diff, y, 2, 2, torch.float32, True)
     torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-5, atol=1e-4)
 
 
 # --- defect 5: a class over many chunks, summed in parallel in a fixed order ---------------
+
 
 @pytest.mark.parametrize("B", [64 * 9 + 1, 20_000])
 def test_one_class_over_many_chunks(B):
@@ -197,6 +209,7 @@ def test_one_class_over_many_chunks(B):
 
 
 # --- defect 6: deterministic mode allocates no filled workspace -----------------------------
+
 
 @pytest.mark.parametrize("labels_dtype", [torch.int64, torch.int32])
 def test_deterministic_path_pays_no_fill(labels_dtype):
@@ -230,6 +243,7 @@ def test_deterministic_path_pays_no_fill(labels_dtype):
 
 # --- defect 7: backward_centers raises the CPU's IndexError on bad labels -------------------
 
+
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("centers_dtype", [torch.float32, torch.bfloat16])
 def test_backward_centers_bad_label_raises_like_the_cpu(deterministic, centers_dtype):
@@ -243,13 +257,15 @@ def test_backward_centers_bad_label_raises_like_the_cpu(deterministic, centers_d
     with pytest.raises(IndexError, match=message):
         ops.backward_centers(grad, diff, y, 1, 6, centers_dtype, deterministic)
     with pytest.raises(IndexError, match=message):
-        ops.backward_centers(grad.to(DEV), diff.to(DEV), y.to(DEV), 1, 6, centers_dtype,
-                             deterministic)
+        ops.backward_centers(
+            grad.to(DEV), diff.to(DEV), y.to(DEV), 1, 6, centers_dtype, deterministic
+        )
     # the device is fine afterwards, and good labels give the CPU's gradient
     y[321] = y[400] = 1
     expected = ops.backward_centers(grad, diff, y, 1, 6, centers_dtype, deterministic)
-    got = ops.backward_centers(grad.to(DEV), diff.to(DEV), y.to(DEV), 1, 6, centers_dtype,
-                               deterministic)
+    got = ops.backward_centers(
+        grad.to(DEV), diff.to(DEV), y.to(DEV), 1, 6, centers_dtype, deterministic
+    )
     torch.testing.assert_close(got.cpu().double(), expected.double(), rtol=1e-2, atol=1e-3)
 
 
@@ -259,14 +275,16 @@ def test_backward_centers_label_check_off_leaves_bad_rows_out():
     y[3] = 5
     previous = cl.set_cuda_label_check(False)
     try:
-        got = ops.backward_centers(torch.tensor(1.0, device=DEV), diff.to(DEV), y.to(DEV), 2, 2,
-                                   torch.float32, False)
+        got = ops.backward_centers(
+            torch.tensor(1.0, device=DEV), diff.to(DEV), y.to(DEV), 2, 2, torch.float32, False
+        )
     finally:
         cl.set_cuda_label_check(previous)
     assert got.cpu().tolist() == [[-9.0, -9.0], [0.0, 0.0]]
 
 
 # --- issue 25: the atomic update sums a class in the accumulation type, rounds the center once
+
 
 def _far_center_batch():
     """1,000 rows of 1000.1 (float32), one class whose center is 1000.0: each row's share
@@ -306,8 +324,12 @@ def test_atomic_update_class_sums_mixed_classes(dtype):
     the CPU's result within the order of the float additions, centers far from zero."""
     g = torch.Generator().manual_seed(0)
     C, D = 300, 37  # D odd: no vector path anywhere
-    y = torch.cat([torch.arange(100, 200),  # 100 singletons
-                   torch.randint(0, 60, (3000,), generator=g)])  # 60 classes, ~50 rows each
+    y = torch.cat(
+        [
+            torch.arange(100, 200),  # 100 singletons
+            torch.randint(0, 60, (3000,), generator=g),
+        ]
+    )  # 60 classes, ~50 rows each
     y = y[torch.randperm(len(y), generator=g)]
     x = 500 + torch.randn(len(y), D, generator=g, dtype=torch.float64).to(dtype)
     x[7, 3] = float("nan")

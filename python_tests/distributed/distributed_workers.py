@@ -6,6 +6,7 @@ The batches come from `batch(step, rank, n)`, which the test calls too, so both 
 the same numbers. Some (step, rank) pairs get deliberately awkward inputs: int32 labels,
 non-contiguous features, a NaN row.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,11 +37,11 @@ def batch(step: int, rank: int, n: int, dtype=torch.float32, device="cpu"):
     x = torch.randn(n, D, generator=g, dtype=torch.float64).to(dtype)
     y = torch.randint(0, C, (n,), generator=g)
     if (step, rank) == (1, 0):
-        x = x.t().contiguous().t()          # same values, column-major strides
+        x = x.t().contiguous().t()  # same values, column-major strides
     if (step, rank) == (1, 1):
         y = y.int()
     if (step, rank) == (5, 1) and n:
-        x[0, 2] = float("nan")              # a non-finite row: left out of every update
+        x[0, 2] = float("nan")  # a non-finite row: left out of every update
     return x.to(device), y.to(device)
 
 
@@ -51,8 +52,9 @@ def initial_centers(device="cpu") -> torch.Tensor:
 OUT_DIR = ""  # where this rank saves (set by run_rank)
 
 
-def run_rank(rank: int, world: int, store: str, scenario: str, out_dir: str,
-             backend: str = "gloo") -> None:
+def run_rank(
+    rank: int, world: int, store: str, scenario: str, out_dir: str, backend: str = "gloo"
+) -> None:
     """The entry point of a spawned rank: join the group, run `scenario`, save its results."""
     global OUT_DIR
     OUT_DIR = out_dir
@@ -61,8 +63,13 @@ def run_rank(rank: int, world: int, store: str, scenario: str, out_dir: str,
     if backend == "nccl":
         torch.cuda.set_device(rank)
         device = f"cuda:{rank}"
-    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        backend,
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
     result = SCENARIOS[scenario](rank, world, device)
     torch.save(result, os.path.join(out_dir, f"{scenario}.{rank}.pt"))
     dist.barrier()  # gloo may abort if a rank tears down while another is still talking
@@ -70,6 +77,7 @@ def run_rank(rank: int, world: int, store: str, scenario: str, out_dir: str,
 
 
 # --- scenarios --------------------------------------------------------------------------
+
 
 def _train(crit, rank, steps, dtype=torch.float32, device="cpu", fn=None, first_step=0):
     """Training-mode forwards and backwards; per step the local loss, the local feature
@@ -81,8 +89,13 @@ def _train(crit, rank, steps, dtype=torch.float32, device="cpu", fn=None, first_
         x.requires_grad_()
         loss = fn(x, y)
         loss.backward()
-        out.append({"loss": loss.detach().cpu(), "grad": x.grad.cpu(),
-                    "centers": crit.centers.detach().cpu().clone()})
+        out.append(
+            {
+                "loss": loss.detach().cpu(),
+                "grad": x.grad.cpu(),
+                "centers": crit.centers.detach().cpu().clone(),
+            }
+        )
     return out
 
 
@@ -212,9 +225,16 @@ def _compiled_world2(rank, world, device):
 
 def _nccl(rank, world, device):
     steps = STEPS[world]
-    return {f"{impl}/{dtype}": _train(_new(impl, device), rank, steps, dtype, device)
-            for impl in IMPLS for dtype in (torch.float32, torch.bfloat16)}
+    return {
+        f"{impl}/{dtype}": _train(_new(impl, device), rank, steps, dtype, device)
+        for impl in IMPLS
+        for dtype in (torch.float32, torch.bfloat16)
+    }
 
 
-SCENARIOS = {"main2": _main_world2, "main3": _main_world3, "compiled2": _compiled_world2,
-             "nccl": _nccl}
+SCENARIOS = {
+    "main2": _main_world2,
+    "main3": _main_world3,
+    "compiled2": _compiled_world2,
+    "nccl": _nccl,
+}

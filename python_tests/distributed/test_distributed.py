@@ -7,28 +7,33 @@ where there is a GPU; this process computes what a single process would get.
 Spawning costs a few seconds a rank, so each spawn runs many checks, and the tests read
 its results.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
 
+import distributed_workers as W
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import centerloss_ext as cl
-import distributed_workers as W
 from centerloss_ext import distributed, implementations, reference
 
-pytestmark = pytest.mark.skipif(not dist.is_available(),
-                                reason="torch.distributed is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available(), reason="torch.distributed is not available"
+)
 
 OPS = {"compiled": cl, "reference": reference}
 
 
 def _spawn(tmp_path, scenario: str, world: int, backend: str = "gloo") -> list:
-    mp.spawn(W.run_rank, nprocs=world,
-             args=(world, str(tmp_path / "store"), scenario, str(tmp_path), backend))
+    mp.spawn(
+        W.run_rank,
+        nprocs=world,
+        args=(world, str(tmp_path / "store"), scenario, str(tmp_path), backend),
+    )
     return [torch.load(tmp_path / f"{scenario}.{r}.pt") for r in range(world)]
 
 
@@ -46,9 +51,13 @@ def _expected(steps, ranks, impl="compiled", dtype=torch.float32, device="cpu"):
             loss = ops.center_loss(x, y, centers)
             loss.backward()
             local[r] = (loss.detach().cpu(), x.grad.cpu())
-        ops.update_centers_(centers, torch.cat([x for x, _ in batches]),
-                            torch.cat([y.long() for _, y in batches]), W.ALPHA,
-                            deterministic=True)
+        ops.update_centers_(
+            centers,
+            torch.cat([x for x, _ in batches]),
+            torch.cat([y.long() for _, y in batches]),
+            W.ALPHA,
+            deterministic=True,
+        )
         out.append((local, centers.cpu().clone()))
     return out
 
@@ -64,6 +73,7 @@ def _check(results, expected, ranks, key, first_step=0):
 
 
 # --- two ranks on gloo -----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def world2(tmp_path_factory):
@@ -105,8 +115,9 @@ def test_bad_input_on_one_rank_raises_on_every_rank_and_moves_nothing(world2):
     assert r0["width"][0] == "ValueError" and "feature_dim" in r0["width"][1]
     assert r1["width"][0] == "RuntimeError" and "rank(s) [0]" in r1["width"][1]
     # and the group still works
-    expected = cl.update_centers_(W.initial_centers(), *map(torch.cat, zip(
-        W.batch(0, 0, 4), W.batch(0, 1, 4))), W.ALPHA)
+    expected = cl.update_centers_(
+        W.initial_centers(), *map(torch.cat, zip(W.batch(0, 0, 4), W.batch(0, 1, 4))), W.ALPHA
+    )
     assert torch.equal(r0["after"], expected) and torch.equal(r1["after"], expected)
 
 
@@ -118,8 +129,11 @@ def test_first_synced_step_gives_every_rank_rank0s_centers(world2):
     steps = W.STEPS[2][:2]
     _check(world2, _expected(steps[:1], (0, 1)), (0, 1), "divergent")
     centers = torch.zeros(W.C, W.D)  # what rank 0 loaded
-    cl.update_centers_(centers, *map(torch.cat, zip(W.batch(1, 0, steps[1][0]), W.batch(
-        1, 1, steps[1][1]))), W.ALPHA)
+    cl.update_centers_(
+        centers,
+        *map(torch.cat, zip(W.batch(1, 0, steps[1][0]), W.batch(1, 1, steps[1][1]))),
+        W.ALPHA,
+    )
     for r in (0, 1):
         assert torch.equal(world2[r]["divergent"][1]["centers"], centers)
 
@@ -150,6 +164,7 @@ def test_ddp_keeps_model_and_centers_in_sync(world2, center_update):
 
 # --- three ranks on gloo ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def world3(tmp_path_factory):
     return _spawn(tmp_path_factory.mktemp("world3"), "main3", 3)
@@ -176,6 +191,7 @@ def test_process_group_limits_the_sync_to_its_ranks(world3):
 
 # --- torch.compile under sync ------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_compiled_module_syncs_without_graph_break(tmp_path):
     results = _spawn(tmp_path, "compiled2", 2)
@@ -186,8 +202,13 @@ def test_compiled_module_syncs_without_graph_break(tmp_path):
 @pytest.fixture
 def world_of_one(tmp_path):
     """This process as the only rank of a gloo group, for checks that need no peer."""
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1, timeout=timedelta(seconds=30))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{tmp_path / 'store'}",
+        rank=0,
+        world_size=1,
+        timeout=timedelta(seconds=30),
+    )
     yield
     dist.destroy_process_group()
     torch._dynamo.reset()  # no compiled graph that assumed a group outlives it
@@ -213,8 +234,9 @@ IMPL_CODES = {"compiled": implementations.COMPILED, "reference": implementations
 def test_opcheck_sync_ops(world_of_one, impl):
     x, y = W.batch(0, 0, 9, torch.float16)
     centers = W.initial_centers()
-    torch.library.opcheck(distributed.sync_update_op,
-                          (centers, x, y.int(), W.ALPHA, 0, IMPL_CODES[impl]))
+    torch.library.opcheck(
+        distributed.sync_update_op, (centers, x, y.int(), W.ALPHA, 0, IMPL_CODES[impl])
+    )
     torch.library.opcheck(distributed.broadcast_op, (centers, 0))
 
 
@@ -228,15 +250,19 @@ def test_synced_step_reads_the_labels_once(world_of_one, monkeypatch):
     # batch (made of labels every rank checked) does not read them again
     calls = []
     check = reference.check_label_range
-    monkeypatch.setattr(reference, "check_label_range",
-                        lambda labels, n: calls.append(len(labels)) or check(labels, n))
+    monkeypatch.setattr(
+        reference,
+        "check_label_range",
+        lambda labels, n: calls.append(len(labels)) or check(labels, n),
+    )
     crit = W.IMPLS["reference"](W.C, W.D, alpha=W.ALPHA)
     assert crit.syncs_centers()
     x, y = W.batch(0, 0, 12)
     crit(x, y)
     assert calls == [12]
-    assert torch.equal(crit.centers,
-                       reference.update_centers_(torch.zeros(W.C, W.D), x, y, W.ALPHA))
+    assert torch.equal(
+        crit.centers, reference.update_centers_(torch.zeros(W.C, W.D), x, y, W.ALPHA)
+    )
     y[3] = W.C  # a bad label still raises, with the checked message, and moves nothing
     before = crit.centers.clone()
     with pytest.raises(IndexError, match=rf"\[0, {W.C}\)"):
@@ -245,6 +271,7 @@ def test_synced_step_reads_the_labels_once(world_of_one, monkeypatch):
 
 
 # --- without torch.distributed -----------------------------------------------------------
+
 
 def test_no_sync_when_not_initialised():
     assert not dist.is_initialized()
@@ -259,6 +286,7 @@ def test_process_group_must_be_a_process_group():
 
 
 # --- NCCL on GPUs --------------------------------------------------------------------------
+
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("world", [1, 2])

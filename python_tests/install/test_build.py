@@ -1,5 +1,6 @@
 """The install itself: the ops exist, `python -m centerloss_ext` reports the build,
 and a torch other than the one built against is refused with a rebuild message."""
+
 from __future__ import annotations
 
 import subprocess
@@ -27,8 +28,9 @@ def test_cuda_kernels_registered_when_built_with_cuda():
 
 
 def test_python_m_prints_build_facts():
-    out = subprocess.run([sys.executable, "-m", "centerloss_ext"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "centerloss_ext"], capture_output=True, text=True, check=True
+    ).stdout
     assert f"built against torch: {_build_info.TORCH_VERSION}" in out
     assert f"centerloss_ext: {centerloss_ext.__version__}" in out
     assert "CUDA compiled in" in out and "kernels registered" in out

@@ -1,5 +1,6 @@
 """`python -m centerloss_ext`, the diagnostic, and the machine facts it shares with the
 benchmark and the training records (centerloss_ext._machine)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,8 +13,9 @@ from helpers import REPO_ROOT
 
 
 def test_diagnostic_prints_build_and_machine_facts():
-    run = subprocess.run([sys.executable, "-m", "centerloss_ext"], capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "centerloss_ext"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     facts = dict(line.strip().split(": ", 1) for line in run.stdout.splitlines())
     assert facts["running torch"] == torch.__version__
@@ -29,7 +31,6 @@ def test_environment_names_the_cpu():
 
 def test_benchmark_and_training_take_machine_facts_from_the_package():
     """bench/ and the training scripts must not be where machine facts live."""
-    import pathlib
 
     root = REPO_ROOT
     compare = (root / "bench" / "compare.py").read_text()

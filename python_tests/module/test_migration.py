@@ -5,6 +5,7 @@
 ``centerloss_ext.CenterLoss`` under the mapping the guide gives. CPU, float64, one
 training step of a small model: the losses, the feature gradients, the model's weights and
 the centers after the step agree."""
+
 from __future__ import annotations
 
 import copy
@@ -34,9 +35,13 @@ class CopiedCenterLoss(nn.Module):
     def rows(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The clamped, masked (B, C) matrix whose sum / B is the loss."""
         batch_size = x.size(0)
-        distmat = torch.pow(x, 2).sum(dim=1, keepdim=True).expand(batch_size, self.num_classes) + \
-            torch.pow(self.centers, 2).sum(dim=1, keepdim=True).expand(self.num_classes,
-                                                                        batch_size).t()
+        distmat = (
+            torch.pow(x, 2).sum(dim=1, keepdim=True).expand(batch_size, self.num_classes)
+            + torch.pow(self.centers, 2)
+            .sum(dim=1, keepdim=True)
+            .expand(self.num_classes, batch_size)
+            .t()
+        )
         distmat = distmat.addmm(x, self.centers.t(), beta=1, alpha=-2)
         classes = torch.arange(self.num_classes).long()
         labels = labels.unsqueeze(1).expand(batch_size, self.num_classes)
@@ -62,7 +67,7 @@ def setup(C=7, D=3, B=24, in_dim=5, seed=0, labels=None):
     net = Net(in_dim, D, C).to(F64)
     theirs = CopiedCenterLoss(C, D)
     with torch.no_grad():
-        theirs.centers.mul_(3.0)              # keep every own-class distance well above 1e-12
+        theirs.centers.mul_(3.0)  # keep every own-class distance well above 1e-12
     images = torch.randn(B, in_dim, dtype=F64)
     y = torch.randint(0, C, (B,)) if labels is None else labels
     return net, theirs, images, y
@@ -83,7 +88,7 @@ def copied_step(net, crit, images, y, weight_cent, lr_model, lr_cent):
     loss.backward()
     optimizer_model.step()
     for param in crit.parameters():
-        param.grad.data *= (1. / weight_cent)
+        param.grad.data *= 1.0 / weight_cent
     optimizer_centloss.step()
     return loss_cent.detach(), features.grad
 
@@ -96,7 +101,7 @@ def ours_step(net, crit, images, y, lam, optimizers, rescale=None):
     for opt in optimizers:
         opt.zero_grad()
     loss.backward()
-    if rescale is not None:                   # the copied script's trick, kept
+    if rescale is not None:  # the copied script's trick, kept
         crit.centers.grad.mul_(rescale)
     for opt in optimizers:
         opt.step()
@@ -128,12 +133,13 @@ def test_loss_is_twice_ours_plus_the_clamp_of_the_masked_out_zeros():
         ours_none = CenterLoss(C, D, reduction="none", dtype=F64).eval()
         ours_none.load_state_dict(theirs.state_dict())
         # per sample: ‖x_i − c_{y_i}‖² (= 2 × ours) plus (C − 1) × 1e-12, the clamped zeros
-        torch.testing.assert_close(per_sample, 2 * ours_none(x, y) + (C - 1) * CLAMP_MIN,
-                                   rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(
+            per_sample, 2 * ours_none(x, y) + (C - 1) * CLAMP_MIN, rtol=1e-13, atol=1e-14
+        )
         # the batch mean: the same (C − 1) × 1e-12, once
         extra = theirs(x, y) - 2 * ours(x, y)
-    assert abs(extra.item() - (C - 1) * CLAMP_MIN) < 1e-13    # rounding of their expansion
-    assert extra.item() > 0.5 * (C - 1) * CLAMP_MIN      # the term is really there
+    assert abs(extra.item() - (C - 1) * CLAMP_MIN) < 1e-13  # rounding of their expansion
+    assert extra.item() > 0.5 * (C - 1) * CLAMP_MIN  # the term is really there
 
 
 @pytest.mark.parametrize("weight_cent,lr_cent", [(1.0, 0.5), (0.003, 0.5), (0.1, 0.05)])
@@ -152,27 +158,41 @@ def test_one_training_step_agrees_under_the_mapping(weight_cent, lr_cent, how):
 
     loss_t, grad_t = copied_step(net, theirs, images, y, weight_cent, lr_model, lr_cent)
     if how == "param_group":
-        opts = [torch.optim.SGD([{"params": net2.parameters()},
-                                 {"params": ours.parameters(), "lr": lr_cent / weight_cent}],
-                                lr=lr_model)]
+        opts = [
+            torch.optim.SGD(
+                [
+                    {"params": net2.parameters()},
+                    {"params": ours.parameters(), "lr": lr_cent / weight_cent},
+                ],
+                lr=lr_model,
+            )
+        ]
         loss_o, grad_o = ours_step(net2, ours, images, y, lam, opts)
     elif how == "own_sgd":
-        opts = [torch.optim.SGD(net2.parameters(), lr=lr_model),
-                torch.optim.SGD(ours.parameters(), lr=lr_cent / weight_cent)]
+        opts = [
+            torch.optim.SGD(net2.parameters(), lr=lr_model),
+            torch.optim.SGD(ours.parameters(), lr=lr_cent / weight_cent),
+        ]
         loss_o, grad_o = ours_step(net2, ours, images, y, lam, opts)
     else:
-        opts = [torch.optim.SGD(net2.parameters(), lr=lr_model),
-                torch.optim.SGD(ours.parameters(), lr=2 * lr_cent)]
+        opts = [
+            torch.optim.SGD(net2.parameters(), lr=lr_model),
+            torch.optim.SGD(ours.parameters(), lr=2 * lr_cent),
+        ]
         loss_o, grad_o = ours_step(net2, ours, images, y, lam, opts, rescale=1 / lam)
 
-    torch.testing.assert_close(weight_cent * loss_t,
-                               lam * loss_o + weight_cent * (C - 1) * CLAMP_MIN,
-                               rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(
+        weight_cent * loss_t,
+        lam * loss_o + weight_cent * (C - 1) * CLAMP_MIN,
+        rtol=1e-13,
+        atol=1e-15,
+    )
     torch.testing.assert_close(grad_o, grad_t, rtol=1e-10, atol=1e-13)
     assert_same_params(net2, net)
-    torch.testing.assert_close(ours.centers.detach(), theirs.centers.detach(),
-                               rtol=1e-12, atol=1e-12)
-    assert not torch.equal(ours.centers.detach(), before)                 # they moved
+    torch.testing.assert_close(
+        ours.centers.detach(), theirs.centers.detach(), rtol=1e-12, atol=1e-12
+    )
+    assert not torch.equal(ours.centers.detach(), before)  # they moved
 
 
 def test_alpha_rule_matches_their_sgd_on_a_balanced_batch():
@@ -180,19 +200,21 @@ def test_alpha_rule_matches_their_sgd_on_a_balanced_batch():
     centers; the loss and the feature gradient (of the pre-update centers) agree too."""
     C, D, n, weight_cent, lr_cent, lr_model = 6, 3, 4, 0.01, 0.5, 0.05
     present = torch.tensor([0, 2, 3, 5])
-    y = present.repeat_interleave(n)[torch.randperm(len(present) * n,
-                                                    generator=torch.Generator().manual_seed(1))]
+    y = present.repeat_interleave(n)[
+        torch.randperm(len(present) * n, generator=torch.Generator().manual_seed(1))
+    ]
     B = y.numel()
     net, theirs, images, y = setup(C, D, B, labels=y)
     net2 = copy.deepcopy(net)
     alpha = 2 * lr_cent * (1 + n) / B
-    ours = CenterLoss(C, D, alpha=alpha, dtype=F64)          # the default: alpha rule
+    ours = CenterLoss(C, D, alpha=alpha, dtype=F64)  # the default: alpha rule
     ours.load_state_dict(theirs.state_dict())
     before = ours.centers.clone()
 
     loss_t, grad_t = copied_step(net, theirs, images, y, weight_cent, lr_model, lr_cent)
-    loss_o, grad_o = ours_step(net2, ours, images, y, 2 * weight_cent,
-                               [torch.optim.SGD(net2.parameters(), lr=lr_model)])
+    loss_o, grad_o = ours_step(
+        net2, ours, images, y, 2 * weight_cent, [torch.optim.SGD(net2.parameters(), lr=lr_model)]
+    )
 
     torch.testing.assert_close(loss_t, 2 * loss_o + (C - 1) * CLAMP_MIN, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(grad_o, grad_t, rtol=1e-10, atol=1e-13)
@@ -206,7 +228,7 @@ def test_per_class_steps_differ_by_the_class_count_otherwise():
     """In general: their step moves c_j by (2·lr_cent·n_j / B) of the way to the class's
     batch mean, the alpha rule by α·n_j / (1 + n_j) of the way."""
     C, D, weight_cent, lr_cent, alpha = 5, 3, 1.0, 0.5, 0.5
-    y = torch.tensor([0] * 9 + [1] * 3 + [3] * 1 + [4] * 3)     # n_j = 9, 3, 0, 1, 3
+    y = torch.tensor([0] * 9 + [1] * 3 + [3] * 1 + [4] * 3)  # n_j = 9, 3, 0, 1, 3
     B = y.numel()
     net, theirs, images, y = setup(C, D, B, labels=y)
     ours = CenterLoss(C, D, alpha=alpha, dtype=F64)
@@ -223,10 +245,15 @@ def test_per_class_steps_differ_by_the_class_count_otherwise():
             torch.testing.assert_close(theirs.centers[j].detach(), c0[j])
             continue
         to_mean = features[y == j].mean(0) - c0[j]
-        torch.testing.assert_close(theirs.centers[j].detach() - c0[j],
-                                   2 * lr_cent * n_j / B * to_mean, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(ours.centers[j] - c0[j],
-                                   alpha * n_j / (1 + n_j) * to_mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            theirs.centers[j].detach() - c0[j],
+            2 * lr_cent * n_j / B * to_mean,
+            rtol=1e-10,
+            atol=1e-12,
+        )
+        torch.testing.assert_close(
+            ours.centers[j] - c0[j], alpha * n_j / (1 + n_j) * to_mean, rtol=1e-10, atol=1e-12
+        )
 
 
 def test_clamp_max_stops_their_pull_on_far_samples():
@@ -252,9 +279,9 @@ def test_nan_row_poisons_every_center_gradient_of_theirs_only_its_own_class_of_o
     _, theirs, _, _ = setup(C, D)
     y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 0])
     x = torch.randn(B, D, dtype=F64)
-    x[3] = float("nan")                                        # the only row of class 3
+    x[3] = float("nan")  # the only row of class 3
     theirs(x.clone().requires_grad_(), y).backward()
-    assert torch.isnan(theirs.centers.grad).all()              # all C centers
+    assert torch.isnan(theirs.centers.grad).all()  # all C centers
 
     ours = CenterLoss(C, D, center_update="optimizer", dtype=F64)
     ours.load_state_dict(theirs.state_dict())
@@ -265,13 +292,13 @@ def test_nan_row_poisons_every_center_gradient_of_theirs_only_its_own_class_of_o
     assert torch.isnan(grad[3]).all()
     assert torch.isfinite(grad[[0, 1, 2, 4]]).all()
 
-    alpha_mode = CenterLoss(C, D, dtype=F64)                   # alpha rule: the row is left out
+    alpha_mode = CenterLoss(C, D, dtype=F64)  # alpha rule: the row is left out
     alpha_mode.load_state_dict(theirs.state_dict())
     before = alpha_mode.centers.clone()
     assert torch.isnan(alpha_mode(x, y))
     assert torch.isfinite(alpha_mode.centers).all()
-    assert torch.equal(alpha_mode.centers[3], before[3])       # its only row was the NaN one
-    assert not torch.equal(alpha_mode.centers[2], before[2])   # the finite rows moved theirs
+    assert torch.equal(alpha_mode.centers[3], before[3])  # its only row was the NaN one
+    assert not torch.equal(alpha_mode.centers[2], before[2])  # the finite rows moved theirs
 
 
 def test_expansion_cancels_where_the_difference_does_not():

@@ -1,4 +1,5 @@
 """SPEC "Public Python API": CenterLoss in both center-update modes."""
+
 from __future__ import annotations
 
 import pytest
@@ -102,13 +103,16 @@ def test_reset_parameters():
     assert torch.equal(crit.centers, torch.zeros(4, 3))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_classes=0, feature_dim=2), "num_classes must be a positive int"),
-    (dict(num_classes=3, feature_dim=-1), "feature_dim must be a positive int"),
-    (dict(num_classes=3, feature_dim=2, alpha=2.0), "alpha must be a finite number"),
-    (dict(num_classes=3, feature_dim=2, center_update="sgd"), "center_update must be"),
-    (dict(num_classes=3, feature_dim=2, reduction="avg"), "reduction must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_classes=0, feature_dim=2), "num_classes must be a positive int"),
+        (dict(num_classes=3, feature_dim=-1), "feature_dim must be a positive int"),
+        (dict(num_classes=3, feature_dim=2, alpha=2.0), "alpha must be a finite number"),
+        (dict(num_classes=3, feature_dim=2, center_update="sgd"), "center_update must be"),
+        (dict(num_classes=3, feature_dim=2, reduction="avg"), "reduction must be"),
+    ],
+)
 def test_constructor_validates(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CenterLoss(**kwargs)
@@ -162,8 +166,11 @@ def _package_imports(name: str, top_level_only: bool = False) -> set:
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("centerloss"):
             found.add(node.module)
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names
-                         if a.name.startswith("centerloss") or a.name == "importlib")
+            found.update(
+                a.name
+                for a in node.names
+                if a.name.startswith("centerloss") or a.name == "importlib"
+            )
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -180,9 +187,10 @@ def test_import_graph(name):
 def test_import_time_graph_has_no_cycle():
     import graphlib
 
-    graph = {name: {m for m in _package_imports(name, top_level_only=True)
-                    if m in TOP_LEVEL_IMPORTS}
-             for name in TOP_LEVEL_IMPORTS}
+    graph = {
+        name: {m for m in _package_imports(name, top_level_only=True) if m in TOP_LEVEL_IMPORTS}
+        for name in TOP_LEVEL_IMPORTS
+    }
     tuple(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError
 
 
@@ -204,18 +212,26 @@ def test_no_module_sets_attributes_of_another():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 imported.update((a.asname or a.name).split(".")[0] for a in node.names)
         for node in ast.walk(tree):
-            targets = (node.targets if isinstance(node, ast.Assign) else
-                       [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign))
-                       else [])
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+                else []
+            )
             for t in targets:
                 if isinstance(t, ast.Attribute):
                     root = t.value
                     while isinstance(root, ast.Attribute):
                         root = root.value
                     assert not (isinstance(root, ast.Name) and root.id in imported), (
-                        f"{path.name}:{t.lineno} sets {ast.unparse(t)}")
-            if (isinstance(node, ast.Call) and ast.unparse(node.func) == "setattr"
-                    and isinstance(node.args[0], ast.Name)):
+                        f"{path.name}:{t.lineno} sets {ast.unparse(t)}"
+                    )
+            if (
+                isinstance(node, ast.Call)
+                and ast.unparse(node.func) == "setattr"
+                and isinstance(node.args[0], ast.Name)
+            ):
                 assert node.args[0].id not in imported, f"{path.name}:{node.lineno} setattr"
 
 
@@ -233,8 +249,13 @@ def test_no_function_takes_more_than_8_parameters():
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 continue
             a = node.args
-            count = (len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
-                     + (a.vararg is not None) + (a.kwarg is not None))
+            count = (
+                len(a.posonlyargs)
+                + len(a.args)
+                + len(a.kwonlyargs)
+                + (a.vararg is not None)
+                + (a.kwarg is not None)
+            )
             name = getattr(node, "name", "<lambda>")
             if count > 8 and name != "__init__" and name not in AUTOGRAD_METHODS:
                 too_many.append(f"{path.name}:{node.lineno} {name} ({count})")
@@ -268,8 +289,7 @@ def test_single_process_never_imports_the_sync():
         assert centerloss_ext.distributed.all_gather_batch
         assert "centerloss_ext.distributed" in sys.modules
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -293,14 +313,18 @@ def test_reference_module_is_the_reference_flavour_of_center_loss():
     assert isinstance(crit, CenterLossBase) and isinstance(CenterLoss(4, 3), CenterLossBase)
     x, y = torch.randn(16, 3), torch.arange(16) % 4
     torch.testing.assert_close(crit(x, y), reference.center_loss(x, y, torch.zeros(4, 3)))
-    torch.testing.assert_close(crit.centers,
-                               reference.update_centers_(torch.zeros(4, 3), x, y, 0.5))
+    torch.testing.assert_close(
+        crit.centers, reference.update_centers_(torch.zeros(4, 3), x, y, 0.5)
+    )
 
 
 def test_reference_training_step_reads_the_labels_once(monkeypatch):
     calls = []
     check = reference.check_label_range
-    monkeypatch.setattr(reference, "check_label_range",
-                        lambda labels, n: calls.append(len(labels)) or check(labels, n))
+    monkeypatch.setattr(
+        reference,
+        "check_label_range",
+        lambda labels, n: calls.append(len(labels)) or check(labels, n),
+    )
     reference.CenterLoss(4, 3)(torch.randn(16, 3), torch.arange(16) % 4)
     assert calls == [16]

@@ -3,6 +3,7 @@ accumulation type (float32, float64 when features or centers are float64), never
 to 16 bits on the way to an update, a center gradient or a feature gradient (SPEC
 "Inputs"; issue 10, defects 1 and 10). The same checks on the CUDA kernels are in
 test_cuda_kernels.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,6 +24,7 @@ def _far_batch(B, dtype=torch.float16):
 
 
 # --- the issue's example: x = 0 in float16, center 7e4 in float32, alpha 0.5 ------------
+
 
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_update_centers_far_from_float16_range(deterministic):
@@ -81,6 +83,7 @@ def test_feature_gradient_far_from_float16_range(reduction):
 
 # --- below 65504: no term rounded to 16 bits before the sum ---------------------------------
 
+
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_update_sums_unrounded_differences(dtype, deterministic):
@@ -106,14 +109,18 @@ def test_center_gradient_sums_unrounded_differences(dtype):
 
 # --- the saved rows' dtype and the backward ops' out_dtype --------------------------------
 
-@pytest.mark.parametrize("dtype, centers_dtype, acc", [
-    (torch.float16, torch.float32, torch.float32),
-    (torch.bfloat16, torch.float16, torch.float32),
-    (torch.float32, torch.float32, torch.float32),
-    (torch.float32, torch.float64, torch.float64),
-    (torch.float16, torch.float64, torch.float64),
-    (torch.float64, torch.float32, torch.float64),
-])
+
+@pytest.mark.parametrize(
+    "dtype, centers_dtype, acc",
+    [
+        (torch.float16, torch.float32, torch.float32),
+        (torch.bfloat16, torch.float16, torch.float32),
+        (torch.float32, torch.float32, torch.float32),
+        (torch.float32, torch.float64, torch.float64),
+        (torch.float16, torch.float64, torch.float64),
+        (torch.float64, torch.float32, torch.float64),
+    ],
+)
 def test_diff_rows_in_accumulation_dtype(dtype, centers_dtype, acc):
     x = torch.randn(5, 4).to(dtype)
     y = torch.tensor([0, 1, 0, 2, 1])
@@ -143,11 +150,11 @@ def test_backward_features_out_dtype(out_dtype):
 def test_backward_features_opcheck():
     diff = torch.randn(6, 5)
     for out_dtype in (None, torch.float16):
-        torch.library.opcheck(ops.backward_features.default,
-                              (torch.rand(6), diff, 0, out_dtype))
+        torch.library.opcheck(ops.backward_features.default, (torch.rand(6), diff, 0, out_dtype))
 
 
 # --- a class's update is summed before it touches the center (SPEC "Inputs", 2026-12-07) ---
+
 
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_update_rounds_each_center_once_cpu(deterministic):

@@ -1,5 +1,6 @@
 """SPEC "Bad input": each case raises an exception whose message names the argument,
 and the centers stay exactly as they were."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """torch.compile(fullgraph=True) traces CenterLoss without a graph break, with static and
 with dynamic batch sizes (dynamic=True, mark_dynamic), and gives the
 eager results, including the in-place alpha update of the centers."""
+
 from __future__ import annotations
 
 import pytest
@@ -69,8 +70,9 @@ def test_compiled_model_with_center_loss_has_no_graph_break(device):
     def step(inp, y):
         return crit(model(inp), y)
 
-    explanation = torch._dynamo.explain(step)(torch.randn(16, 8, device=device),
-                                              torch.arange(16, device=device) % 5)
+    explanation = torch._dynamo.explain(step)(
+        torch.randn(16, 8, device=device), torch.arange(16, device=device) % 5
+    )
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
@@ -95,8 +97,9 @@ DYNAMIC = ["dynamic", "mark_dynamic"]
 
 
 def _dynamic(fn, how, backend="aot_eager"):
-    compiled = torch.compile(fn, fullgraph=True, backend=backend,
-                             dynamic=True if how == "dynamic" else None)
+    compiled = torch.compile(
+        fn, fullgraph=True, backend=backend, dynamic=True if how == "dynamic" else None
+    )
 
     def call(x, y):
         if how == "mark_dynamic":
@@ -130,8 +133,7 @@ def _assert_same(compiled, eager):
 
 
 def _state(crit):
-    return lambda: [crit.centers] + ([crit.centers.grad] if crit.centers.grad is not None
-                                     else [])
+    return lambda: [crit.centers] + ([crit.centers.grad] if crit.centers.grad is not None else [])
 
 
 @pytest.mark.parametrize("how", DYNAMIC)
@@ -139,8 +141,7 @@ def _state(crit):
 @pytest.mark.parametrize("mode", ["alpha", "optimizer"])
 def test_dynamic_batch_module_matches_eager(device, how, training, mode):
     torch._dynamo.reset()
-    crits = [CenterLoss(5, 6, center_update=mode, device=device).train(training)
-             for _ in range(2)]
+    crits = [CenterLoss(5, 6, center_update=mode, device=device).train(training) for _ in range(2)]
     for crit in crits:
         with torch.no_grad():
             crit.centers.copy_(make_batch(0, 6, 5, device=device, seed=3)[2])
@@ -164,8 +165,7 @@ def test_dynamic_batch_module_under_inductor_matches_eager(device, mode):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_dynamic_batch_functional_loss_matches_eager(device, how, reduction):
     torch._dynamo.reset()
-    centers = [make_batch(0, 6, 5, device=device, seed=3)[2].requires_grad_()
-               for _ in range(2)]
+    centers = [make_batch(0, 6, 5, device=device, seed=3)[2].requires_grad_() for _ in range(2)]
 
     def loss_with(c):
         return lambda x, y: cl.center_loss(x, y, c, reduction)
@@ -187,14 +187,14 @@ def test_dynamic_batch_functional_updates_match_eager(device, how):
         def update(x, y):
             cl.update_centers_(c, x, y, 0.25)
             return (x * 0).sum()  # an output, so the step has a backward like the others
+
         return update
 
-    for make, (c_eager, c_compiled) in ((step_with, centers[:2]),
-                                        (update_with, centers[2:])):
-        eager = _steps(make(c_eager), lambda: [c_eager], device)
+    for make, (c_eager, c_compiled) in ((step_with, centers[:2]), (update_with, centers[2:])):
+        eager = _steps(make(c_eager), lambda c=c_eager: [c], device)
         fn = _dynamic(make(c_compiled), how)
-        _assert_same(_steps(fn, lambda: [c_compiled], device), eager)
-    
+        _assert_same(_steps(fn, lambda c=c_compiled: [c], device), eager)
+
 
 @pytest.mark.parametrize("how", DYNAMIC)
 @pytest.mark.parametrize("mode", ["alpha", "optimizer"])
@@ -211,13 +211,15 @@ def test_dynamic_batch_model_with_center_loss_matches_eager(device, how, mode):
         def step(x, y):
             feats = net(x)
             return torch.nn.functional.cross_entropy(head(feats), y) + 0.1 * crit(feats, y)
+
         return step
 
     def state_of(net, head, crit):
         return lambda: [net.weight.grad, head.weight.grad] + _state(crit)()
 
-    eager = _steps(step_of(nets[0], heads[0], crits[0]), state_of(nets[0], heads[0], crits[0]),
-                   device)
+    eager = _steps(
+        step_of(nets[0], heads[0], crits[0]), state_of(nets[0], heads[0], crits[0]), device
+    )
     fn = _dynamic(step_of(nets[1], heads[1], crits[1]), how)
     _assert_same(_steps(fn, state_of(nets[1], heads[1], crits[1]), device), eager)
 
@@ -225,15 +227,16 @@ def test_dynamic_batch_model_with_center_loss_matches_eager(device, how, mode):
 def test_dynamic_functional_updates_take_alpha_as_an_argument(device):
     # dynamic=True makes a float argument a symbolic float: the alpha check must trace
     torch._dynamo.reset()
-    step = torch.compile(cl.center_loss_and_update_, fullgraph=True, dynamic=True,
-                         backend="aot_eager")
-    update = torch.compile(cl.update_centers_, fullgraph=True, dynamic=True,
-                           backend="aot_eager")
+    step = torch.compile(
+        cl.center_loss_and_update_, fullgraph=True, dynamic=True, backend="aot_eager"
+    )
+    update = torch.compile(cl.update_centers_, fullgraph=True, dynamic=True, backend="aot_eager")
     x, y, c = make_batch(12, 6, 5, device=device, seed=4)
     c_eager = c.clone()
     for alpha in (0.5, 0.25):
-        torch.testing.assert_close(step(x, y, c, alpha),
-                                   cl.center_loss_and_update_(x, y, c_eager, alpha))
+        torch.testing.assert_close(
+            step(x, y, c, alpha), cl.center_loss_and_update_(x, y, c_eager, alpha)
+        )
         update(c, x, y, alpha)
         cl.update_centers_(c_eager, x, y, alpha)
         torch.testing.assert_close(c, c_eager)

@@ -1,5 +1,6 @@
 """SPEC "Determinism": bit-identical loss, gradients and centers run to run under
 torch.use_deterministic_algorithms(True) (the CPU kernels are deterministic always)."""
+
 from __future__ import annotations
 
 import pytest

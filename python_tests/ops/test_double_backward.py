@@ -1,6 +1,7 @@
 """SPEC "Higher-order gradients": double backward (create_graph=True) gives the true
 second-order gradients w.r.t. features, centers and the incoming gradient, in both
 center-update modes; gradgradcheck in float64; a gradient penalty matches the reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,9 @@ REDUCTIONS = ["mean", "sum", "none"]
 
 
 def _batch64(device, seed=0, B=12, D=5, C=4):
-    x, y, c = make_batch(B, D, C, dtype=torch.float64, centers_dtype=torch.float64,
-                         device=device, seed=seed)
+    x, y, c = make_batch(
+        B, D, C, dtype=torch.float64, centers_dtype=torch.float64, device=device, seed=seed
+    )
     y[:4] = 1  # collisions: a center's gradient sums several rows
     return x.requires_grad_(), y, c
 
@@ -46,12 +48,14 @@ def test_third_order_through_the_feature_gradient(device, reduction):
     # the double backward is itself differentiable: gradgradcheck of the gradient
     x, y, c = _batch64(device, B=7)
     c.requires_grad_()
-    w = torch.rand((7,) if reduction == "none" else (), dtype=torch.float64, device=device,
-                   requires_grad=True)
+    w = torch.rand(
+        (7,) if reduction == "none" else (), dtype=torch.float64, device=device, requires_grad=True
+    )
 
     def gradient(x, c, w):
-        gx, gc = torch.autograd.grad(cl.center_loss(x, y, c, reduction), (x, c), w,
-                                     create_graph=True)
+        gx, gc = torch.autograd.grad(
+            cl.center_loss(x, y, c, reduction), (x, c), w, create_graph=True
+        )
         return gx, gc
 
     assert gradgradcheck(gradient, (x, c, w))
@@ -95,12 +99,13 @@ def test_16bit_double_backward_reads_the_unrounded_differences():
     x = torch.tensor([[1025.0], [1027.0]], dtype=torch.bfloat16, requires_grad=True)
     y = torch.tensor([0, 0])
     c = torch.tensor([[1024.0]], requires_grad=True)
-    gx, = torch.autograd.grad(cl.center_loss(x, y, c, "sum"), x, create_graph=True)
-    gc, = torch.autograd.grad(gx.float().sum(), c)  # ∂/∂c of Σ(x - c) = -B
+    (gx,) = torch.autograd.grad(cl.center_loss(x, y, c, "sum"), x, create_graph=True)
+    (gc,) = torch.autograd.grad(gx.float().sum(), c)  # ∂/∂c of Σ(x - c) = -B
     assert gc.item() == -2.0
 
 
 # --- a gradient penalty, through a model, in both modes -------------------------------------
+
 
 def _penalised_steps(crit_cls, mode, device, steps=3):
     torch.manual_seed(0)
@@ -115,14 +120,20 @@ def _penalised_steps(crit_cls, mode, device, steps=3):
         net.zero_grad()
         crit.zero_grad()
         loss = crit(net(inp), y)
-        grad_inp, = torch.autograd.grad(loss, inp, create_graph=True)
+        (grad_inp,) = torch.autograd.grad(loss, inp, create_graph=True)
         penalty = grad_inp.square().sum(1).mean()
         (loss + 10 * penalty).backward()
         grads = [net.weight.grad, net.bias.grad]
         if mode == "optimizer":
             grads.append(crit.centers.grad)
-        out.append((loss.detach(), penalty.detach(), *[g.clone() for g in grads],
-                    crit.centers.detach().clone()))
+        out.append(
+            (
+                loss.detach(),
+                penalty.detach(),
+                *[g.clone() for g in grads],
+                crit.centers.detach().clone(),
+            )
+        )
         with torch.no_grad():
             for p in net.parameters():
                 p -= 0.1 * p.grad
@@ -142,14 +153,15 @@ def test_gradient_penalty_matches_the_reference(device, mode):
 
 def test_gradient_penalty_on_the_features_of_the_training_step(device):
     # alpha mode: the penalty sees the centers from before the update
-    x, y, c = make_batch(10, 3, 4, dtype=torch.float64, centers_dtype=torch.float64,
-                         device=device, seed=5)
+    x, y, c = make_batch(
+        10, 3, 4, dtype=torch.float64, centers_dtype=torch.float64, device=device, seed=5
+    )
     got, want = [], []
     for impl, out in ((cl, got), (reference, want)):
         xx = x.clone().requires_grad_()
         cc = c.clone()
         loss = impl.center_loss_and_update_(xx, y, cc, 0.5)
-        gx, = torch.autograd.grad(loss, xx, create_graph=True)
+        (gx,) = torch.autograd.grad(loss, xx, create_graph=True)
         (h,) = torch.autograd.grad(gx.square().sum(), xx)
         out += [loss.detach(), gx.detach(), h, cc]
     for g, w in zip(got, want):
@@ -167,12 +179,15 @@ def test_double_backward_under_torch_compile_raises_or_is_right(device, mode):
         torch.manual_seed(0)
         net = torch.nn.Linear(6, 4).to(device)
         crit = CenterLoss(5, 4, center_update=mode, device=device)
-        step = lambda inp, y: crit(net(inp), y)  # noqa: E731
+
+        def step(inp, y, crit=crit, net=net):
+            return crit(net(inp), y)
+
         if compiled:
             step = torch.compile(step, fullgraph=True, backend="aot_eager")
         inp, y, _ = make_batch(16, 6, 5, device=device, seed=1)
         inp.requires_grad_()
-        grad_inp, = torch.autograd.grad(step(inp, y), inp, create_graph=True)
+        (grad_inp,) = torch.autograd.grad(step(inp, y), inp, create_graph=True)
         try:
             grad_inp.square().sum().backward()
         except RuntimeError as e:

@@ -1,5 +1,6 @@
 """SPEC "The math": loss, gradients and the alpha update, for every implementation,
 against centerloss_ext.reference and against a float64 computation."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,8 @@ import torch
 
 import centerloss_ext as cl
 from centerloss_ext import reference
-from helpers import assert_close, coarser, make_batch, oracle_loss, oracle_update
-
 from conftest import FLOAT_DTYPES
+from helpers import assert_close, coarser, make_batch, oracle_loss, oracle_update
 
 REDUCTIONS = ["mean", "sum", "none"]
 IMPLS = {"compiled": cl, "reference": reference}
@@ -60,8 +60,9 @@ def test_gradients_match_reference(device, reduction, dtype):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_gradient_formula(device, reduction):
-    x, y, c = make_batch(64, 5, 4, dtype=torch.float64, centers_dtype=torch.float64,
-                         device=device, seed=2)
+    x, y, c = make_batch(
+        64, 5, 4, dtype=torch.float64, centers_dtype=torch.float64, device=device, seed=2
+    )
     xg, cg = x.clone().requires_grad_(), c.clone().requires_grad_()
     loss = cl.center_loss(xg, y, cg, reduction)
     g = torch.rand(loss.shape, dtype=loss.dtype, device=device) + 0.5
@@ -77,8 +78,9 @@ def test_gradient_formula(device, reduction):
 @pytest.mark.parametrize("centers_dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_alpha_update_matches_float64(device, impl, dtype, centers_dtype):
-    x, y, c = make_batch(400, 16, 13, dtype=dtype, centers_dtype=centers_dtype, device=device,
-                         seed=3)
+    x, y, c = make_batch(
+        400, 16, 13, dtype=dtype, centers_dtype=centers_dtype, device=device, seed=3
+    )
     y[:200] = 5  # a heavy class: its sum spans several chunks on the CPU
     expected = oracle_update(c, x, y, 0.37)
     out = c.clone()
@@ -97,9 +99,9 @@ def test_alpha_update_by_hand():
     x = torch.tensor([[3.0, 0.0], [0.0, 6.0], [3.0, 5.0]])
     y = torch.tensor([0, 0, 2])
     cl.update_centers_(c, x, y, alpha=0.5)
-    expected = torch.tensor([[0.0 + 0.5 * 3 / 3, 0.0 + 0.5 * 6 / 3],
-                             [5.0, 5.0],
-                             [1.0 + 0.5 * 2 / 2, 1.0 + 0.5 * 4 / 2]])
+    expected = torch.tensor(
+        [[0.0 + 0.5 * 3 / 3, 0.0 + 0.5 * 6 / 3], [5.0, 5.0], [1.0 + 0.5 * 2 / 2, 1.0 + 0.5 * 4 / 2]]
+    )
     torch.testing.assert_close(c, expected)
 
 
@@ -153,11 +155,11 @@ def test_int32_labels_same_as_int64(device, label_dtype):
 
 def test_any_strides(device):
     x, y, c = make_batch(64, 10, 7, device=device, seed=6)
-    x_t = x.t().contiguous().t()                # column-major
+    x_t = x.t().contiguous().t()  # column-major
     x_s = torch.randn(64, 20, device=device)[:, ::2]  # strided columns
     x_s.copy_(x)
-    y_s = torch.stack([y, y], 1)[:, 0]          # strided labels
-    c_t = c.t().contiguous().t()                # column-major centers, updated in place
+    y_s = torch.stack([y, y], 1)[:, 0]  # strided labels
+    c_t = c.t().contiguous().t()  # column-major centers, updated in place
     expected_loss = reference.center_loss(x, y, c)
     expected_c = reference.update_centers_(c.clone(), x, y, 0.5)
     for xx in (x_t, x_s):

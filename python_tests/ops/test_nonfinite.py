@@ -1,4 +1,5 @@
 """SPEC: non-finite features show in the loss but stay out of the alpha update."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,9 +7,8 @@ import torch
 
 import centerloss_ext as cl
 from centerloss_ext import reference
-from helpers import make_batch
-
 from conftest import FLOAT_DTYPES
+from helpers import make_batch
 
 IMPLS = {"compiled": cl, "reference": reference}
 
@@ -19,9 +19,9 @@ IMPLS = {"compiled": cl, "reference": reference}
 def test_nonfinite_rows_leave_the_update(device, impl, dtype, bad):
     x, y, c = make_batch(30, 5, 4, dtype=dtype, device=device, seed=21)
     y[:3] = 0
-    x[1, 2] = bad                           # class 0 keeps two good rows
+    x[1, 2] = bad  # class 0 keeps two good rows
     y[7] = 2
-    x[y == 2] = bad                         # class 2 has only bad rows: as if absent
+    x[y == 2] = bad  # class 2 has only bad rows: as if absent
     before = c.clone()
     loss = IMPLS[impl].center_loss_and_update_(x, y, c, 0.5, "none")
     good = torch.isfinite(x).all(1)

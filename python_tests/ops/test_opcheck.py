@@ -1,14 +1,13 @@
 """torch.library.opcheck on every registered op: schema (mutation annotations), fake
 kernels, and autograd/functionalization registrations agree with the real kernels."""
+
 from __future__ import annotations
 
-import pytest
 import torch
 
 import centerloss_ext  # noqa: F401  (registers the ops)
-from helpers import make_batch
-
 from conftest import FLOAT_DTYPES
+from helpers import make_batch
 
 ops = torch.ops.centerloss
 
@@ -20,8 +19,15 @@ def _samples(device):
             yield x, y, c, red
     x, y, c = make_batch(0, 3, 2, device=device)
     yield x, y, c, 1
-    x, y, c = make_batch(16, 4, 3, dtype=torch.float64, centers_dtype=torch.float16,
-                         device=device, label_dtype=torch.int32)
+    x, y, c = make_batch(
+        16,
+        4,
+        3,
+        dtype=torch.float64,
+        centers_dtype=torch.float16,
+        device=device,
+        label_dtype=torch.int32,
+    )
     yield x, y, c, 2
 
 
@@ -34,8 +40,9 @@ def test_opcheck_forward(device):
 def test_opcheck_forward_update_(device):
     for x, y, c, red in _samples(device):
         for det in (False, True):
-            torch.library.opcheck(ops.forward_update_.default,
-                                  (c.clone(), x, y, red, 0.5, True, det))
+            torch.library.opcheck(
+                ops.forward_update_.default, (c.clone(), x, y, red, 0.5, True, det)
+            )
 
 
 def test_opcheck_update_centers_(device):
@@ -51,8 +58,9 @@ def test_opcheck_backward_ops(device):
         torch.library.opcheck(ops.backward_features.default, (g, diff, red))
         torch.library.opcheck(ops.backward_features.default, (g, diff, red, x.dtype))
         for det in (False, True):
-            torch.library.opcheck(ops.backward_centers.default,
-                                  (g, diff, y, red, c.shape[0], c.dtype, det))
+            torch.library.opcheck(
+                ops.backward_centers.default, (g, diff, y, red, c.shape[0], c.dtype, det)
+            )
 
 
 def test_meta_tensors_get_shapes_and_dtypes():

@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis): random shapes, dtypes, strides and label
 patterns, compiled ops against the reference."""
+
 from __future__ import annotations
 
 import torch
@@ -8,9 +9,8 @@ from hypothesis import strategies as st
 
 import centerloss_ext as cl
 from centerloss_ext import reference
-from helpers import TOL, coarser
 from conftest import FLOAT_DTYPES
-
+from helpers import TOL, coarser
 
 
 @st.composite
@@ -59,5 +59,5 @@ def test_loss_grad_and_update_match_reference(batch):
     torch.testing.assert_close(la, lb, rtol=max(rtol, 1e-5), atol=atol * scale)
     la.sum().backward()
     lb.sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, rtol=rtol, atol=atol * scale ** 0.5)
-    torch.testing.assert_close(ca, cb, rtol=rtol, atol=atol * scale ** 0.5)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=rtol, atol=atol * scale**0.5)
+    torch.testing.assert_close(ca, cb, rtol=rtol, atol=atol * scale**0.5)

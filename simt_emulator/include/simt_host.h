@@ -67,9 +67,9 @@ at::TensorBase empty_cuda(c10::IntArrayRef size, std::optional<c10::ScalarType> 
 
 }  // namespace simt
 
-#define C10_CUDA_CHECK(EXPR)                                                        \
-  do {                                                                             \
-    const cudaError_t simt_err_ = (EXPR);                                          \
+#define C10_CUDA_CHECK(EXPR)                                                              \
+  do {                                                                                    \
+    const cudaError_t simt_err_ = (EXPR);                                                 \
     TORCH_CHECK(simt_err_ == cudaSuccess, "CUDA error: ", cudaGetErrorString(simt_err_)); \
   } while (0)
 #define C10_CUDA_CHECK_WARN(EXPR) C10_CUDA_CHECK(EXPR)

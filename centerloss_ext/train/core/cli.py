@@ -3,6 +3,7 @@
 naming the group), the help layout, the argparse value types, and ``run_cli``, which
 turns a TrainingError into one line and exit status 2, and Ctrl-C into one line, exit
 status 130 and the command that resumes the run."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ from .errors import EXIT_ERROR, EXIT_INTERRUPTED, Interrupted, TrainingError, fi
 # ------------------------------------------------------------------ optional packages
 
 # import name -> package name on PyPI
-TRAIN = {"torchvision": "torchvision", "numpy": "numpy", "matplotlib": "matplotlib",
-         "sklearn": "scikit-learn", "tqdm": "tqdm", "PIL": "pillow"}
+TRAIN = {
+    "torchvision": "torchvision",
+    "numpy": "numpy",
+    "matplotlib": "matplotlib",
+    "sklearn": "scikit-learn",
+    "tqdm": "tqdm",
+    "PIL": "pillow",
+}
 
 
 def missing() -> list:
@@ -38,9 +45,11 @@ def require(prog: str, module_name: str) -> None:
     absent = missing()
     if not absent:
         return
-    msg = (f"{prog}: {', '.join(absent)} missing, from the optional \"train\" group: "
-           f"pip install \".[train]\" in the centerloss_ext source folder, or "
-           f"pip install {' '.join(absent)}")
+    msg = (
+        f'{prog}: {", ".join(absent)} missing, from the optional "train" group: '
+        f'pip install ".[train]" in the centerloss_ext source folder, or '
+        f"pip install {' '.join(absent)}"
+    )
     if module_name == "__main__" or os.path.basename(sys.argv[0]) == prog:
         print(msg, file=sys.stderr)
         sys.exit(2)
@@ -49,8 +58,8 @@ def require(prog: str, module_name: str) -> None:
 
 # ------------------------------------------------------------------ running a command line
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help keeps the description's layout and shows the options' defaults (those that
     are values, not None or off)."""
 
@@ -59,7 +68,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
         # stored value when absent, which reads backwards ("--no-augment (default: True)")
         if action.default in (None, False) or action.help is None or action.nargs == 0:
             return action.help or ""
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or ""
 
 
 _sigint_seen = False
@@ -87,8 +96,12 @@ def is_interrupt(exc: BaseException) -> bool:
     return _sigint_seen
 
 
-def run_cli(prog: str, fn: Callable[[], Any], argv: Optional[Sequence[str]] = None,
-            command: Optional[str] = None) -> Any:
+def run_cli(
+    prog: str,
+    fn: Callable[[], Any],
+    argv: Optional[Sequence[str]] = None,
+    command: Optional[str] = None,
+) -> Any:
     """Runs ``fn``. A TrainingError becomes one line, ``prog: error: message``, and exit
     status 2 (a DataLoader worker's wrapped one too); Ctrl-C becomes one line and exit
     status 130, with the command that resumes the run when a checkpoint was saved
@@ -100,8 +113,9 @@ def run_cli(prog: str, fn: Callable[[], Any], argv: Optional[Sequence[str]] = No
     except Interrupted as e:
         print(f"{prog}: interrupted: {e}", file=sys.stderr)
         if e.resumable:
-            print(f"{prog}: continue with: {resume_command(command or prog, argv)}",
-                  file=sys.stderr)
+            print(
+                f"{prog}: continue with: {resume_command(command or prog, argv)}", file=sys.stderr
+            )
         raise SystemExit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -121,8 +135,14 @@ def resume_command(command: str, argv: Optional[Sequence[str]]) -> str:
 
 # ------------------------------------------------------------------ command-line values
 
-def bounded(kind: type, low: Optional[float] = None, high: Optional[float] = None,
-            low_open: bool = False, high_open: bool = False) -> Callable[[str], Any]:
+
+def bounded(
+    kind: type,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], Any]:
     """An argparse ``type`` for a finite number in a range: a value outside it is refused
     as ``argument --flag: must be ...`` under the (sub)command's usage, exit status 2."""
     if low is not None and high is not None:
@@ -138,9 +158,11 @@ def bounded(kind: type, low: Optional[float] = None, high: Optional[float] = Non
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {noun} {rule}; got {text!r}") from None
-        if not math.isfinite(value) or (
-                low is not None and (value <= low if low_open else value < low)) or (
-                high is not None and (value >= high if high_open else value > high)):
+        if (
+            not math.isfinite(value)
+            or (low is not None and (value <= low if low_open else value < low))
+            or (high is not None and (value >= high if high_open else value > high))
+        ):
             raise argparse.ArgumentTypeError(f"must be {noun} {rule}; got {text}")
         return value
 
@@ -152,7 +174,7 @@ positive_int = bounded(int, 1)
 non_negative_int = bounded(int, 0)
 positive_float = bounded(float, 0, low_open=True)
 non_negative_float = bounded(float, 0)
-alpha_value = bounded(float, 0, 1)             # CenterLoss's alpha rule: [0, 1]
+alpha_value = bounded(float, 0, 1)  # CenterLoss's alpha rule: [0, 1]
 
 
 def device_name(text: str) -> str:
@@ -164,5 +186,6 @@ def device_name(text: str) -> str:
         torch.device(text)
     except (RuntimeError, ValueError):
         raise argparse.ArgumentTypeError(
-            f"unknown device {text!r}: use cpu, cuda, cuda:N or auto") from None
+            f"unknown device {text!r}: use cpu, cuda, cuda:N or auto"
+        ) from None
     return text

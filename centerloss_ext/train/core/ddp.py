@@ -7,10 +7,12 @@ rank by CenterLoss itself (see centerloss_ext.distributed).
 Without torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) nothing here does
 anything: the scripts run as a single process.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -45,8 +47,10 @@ def setup(device_arg: str) -> tuple[Ranks, torch.device]:
         return Ranks(), resolve_device(device_arg)
     local_rank = int(os.environ["LOCAL_RANK"])
     if device_arg not in ("auto", "cpu", "cuda"):
-        raise TrainingError(f"--device {device_arg}: under torchrun give --device cuda, cpu or "
-                            "auto; each rank then uses cuda:LOCAL_RANK")
+        raise TrainingError(
+            f"--device {device_arg}: under torchrun give --device cuda, cpu or "
+            "auto; each rank then uses cuda:LOCAL_RANK"
+        )
     device = resolve_device(device_arg)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -94,5 +98,7 @@ def check_same_centers(centers: torch.Tensor, ranks: Ranks) -> None:
     every = [torch.empty_like(mine) for _ in range(ranks.world)]
     dist.all_gather(every, mine)
     if any(not torch.equal(every[0], other) for other in every[1:]):
-        raise TrainingError("the ranks' centers differ; they must stay identical "
-                            f"(checksums: {[t.tolist() for t in every]})")
+        raise TrainingError(
+            "the ranks' centers differ; they must stay identical "
+            f"(checksums: {[t.tolist() for t in every]})"
+        )

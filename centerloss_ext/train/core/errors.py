@@ -1,6 +1,7 @@
 """The errors of the training command lines: a TrainingError is a problem the user can
 fix, which the command lines print as one line (``cli.run_cli``) with exit status 2;
 Ctrl-C is ``Interrupted``, exit status 130."""
+
 from __future__ import annotations
 
 
@@ -26,15 +27,15 @@ class Interrupted(TrainingError):
         self.resumable = resumable
 
 
-EXIT_ERROR = 2            # a usage or data problem: the same status as argparse's errors
-EXIT_INTERRUPTED = 130    # 128 + SIGINT, what shells and make report for Ctrl-C
+EXIT_ERROR = 2  # a usage or data problem: the same status as argparse's errors
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells and make report for Ctrl-C
 
 
 def first_line(e: BaseException) -> str:
     """An exception's message in one line: a DataLoader worker's wrapped error becomes
     the original error's own message."""
     text = str(e).strip() or type(e).__name__
-    if "Original Traceback" in text:            # "Caught X in DataLoader worker process N"
+    if "Original Traceback" in text:  # "Caught X in DataLoader worker process N"
         last = text.splitlines()[-1]
         head, sep, tail = last.partition(": ")
         text = tail if sep and "." in head and " " not in head else last

@@ -2,6 +2,7 @@
 run, cleared by --overwrite of what a previous run wrote there and nothing else, removed
 again when a run fails before writing anything), atomic checkpoint and JSON writes, and
 loading a checkpoint of these scripts."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,12 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu", flag: str = "--checkpoint",
-                    required: Sequence[str] = ("config", "epoch", "history")) -> Dict[str, Any]:
+def load_checkpoint(
+    path: Path,
+    map_location: Any = "cpu",
+    flag: str = "--checkpoint",
+    required: Sequence[str] = ("config", "epoch", "history"),
+) -> Dict[str, Any]:
     """Loads a checkpoint written by these scripts (tensors and plain Python values only,
     so ``weights_only=True`` loading is safe). A missing, truncated or foreign file, or one
     without the ``required`` entries, is a TrainingError naming ``flag`` and the file."""
@@ -38,13 +43,17 @@ def load_checkpoint(path: Path, map_location: Any = "cpu", flag: str = "--checkp
         raise TrainingError(f"{flag} {path}: no such file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:      # zip reader, unpickler, weights_only refusals: all unreadable
-        raise TrainingError(f"{flag} {path}: not a readable checkpoint of these scripts "
-                            f"(truncated, or another kind of file: {first_line(e)})") from None
+    except Exception as e:  # zip reader, unpickler, weights_only refusals: all unreadable
+        raise TrainingError(
+            f"{flag} {path}: not a readable checkpoint of these scripts "
+            f"(truncated, or another kind of file: {first_line(e)})"
+        ) from None
     missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise TrainingError(f"{flag} {path}: not a checkpoint of these scripts (no "
-                            f"{', '.join(missing)}); give the checkpoint.pt that train wrote")
+        raise TrainingError(
+            f"{flag} {path}: not a checkpoint of these scripts (no "
+            f"{', '.join(missing)}); give the checkpoint.pt that train wrote"
+        )
     return ckpt
 
 
@@ -57,8 +66,10 @@ def write_json(path: Path, obj: Any) -> None:
 
 # ------------------------------------------------------------------ output folders
 
-def check_output_folder(out: Path, outputs: Sequence[str], overwrite: bool,
-                        log: Callable[[str], None] = print) -> None:
+
+def check_output_folder(
+    out: Path, outputs: Sequence[str], overwrite: bool, log: Callable[[str], None] = print
+) -> None:
     """Before a fresh run writes to ``out``: a folder holding anything stops it, unless
     ``overwrite``, which deletes what a previous run wrote there (the ``outputs`` glob
     patterns, the files recorded by note_outputs) and nothing else."""
@@ -72,14 +83,18 @@ def check_output_folder(out: Path, outputs: Sequence[str], overwrite: bool,
         return
     if not overwrite:
         shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
-        raise TrainingError(f"--out {out} is not empty ({shown}): add --resume to continue "
-                            "the run there, --overwrite to replace it, or choose another --out")
+        raise TrainingError(
+            f"--out {out} is not empty ({shown}): add --resume to continue "
+            "the run there, --overwrite to replace it, or choose another --out"
+        )
     removed = clear_outputs(out, outputs)
-    log(f"--overwrite: removed {len(removed)} file{'s' if len(removed) != 1 else ''} of the "
-        f"previous run from {out}")
+    log(
+        f"--overwrite: removed {len(removed)} file{'s' if len(removed) != 1 else ''} of the "
+        f"previous run from {out}"
+    )
 
 
-_NOTED = ".centerloss_outputs"     # names (relative to the folder) of files jobs wrote there
+_NOTED = ".centerloss_outputs"  # names (relative to the folder) of files jobs wrote there
 
 
 def note_outputs(folder: Path, *names: str) -> None:
@@ -123,7 +138,7 @@ def output_folder(path: Path) -> Iterator[Path]:
     try:
         yield path
     except BaseException:
-        for folder in created:                       # deepest first
+        for folder in created:  # deepest first
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise

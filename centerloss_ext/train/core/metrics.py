@@ -8,9 +8,10 @@ classifier's maximum probability:
 - verification: cosine similarity of L2-normalised features on same/different-identity
   pairs: ROC AUC, TAR at a given FAR, best-threshold accuracy.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,13 +19,14 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def extract_features(embed: Callable[[torch.Tensor], torch.Tensor],
-                     batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
-                     device: torch.device,
-                     logits_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                     autocast_dtype: Optional[torch.dtype] = None,
-                     channels_last: bool = False,
-                     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def extract_features(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    logits_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    autocast_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Runs ``embed`` over ``batches`` of (inputs, labels); returns float32 CPU features,
     labels and, with ``logits_fn`` (applied to the features), the predicted classes."""
     feats, labels, preds = [], [], []
@@ -32,8 +34,9 @@ def extract_features(embed: Callable[[torch.Tensor], torch.Tensor],
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
             f = embed(x)
             if logits_fn is not None:
                 preds.append(logits_fn(f).argmax(1).cpu())
@@ -41,23 +44,32 @@ def extract_features(embed: Callable[[torch.Tensor], torch.Tensor],
         labels.append(torch.as_tensor(y).cpu())
     if not feats:
         raise ValueError("no batches to extract features from")
-    return (torch.cat(feats), torch.cat(labels).long(),
-            torch.cat(preds) if logits_fn is not None else None)
+    return (
+        torch.cat(feats),
+        torch.cat(labels).long(),
+        torch.cat(preds) if logits_fn is not None else None,
+    )
 
 
-def tensor_batches(images: torch.Tensor, labels: torch.Tensor,
-                   batch_size: int) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
+def tensor_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
     """In-memory data in order, ``batch_size`` at a time."""
     for start in range(0, len(images), batch_size):
-        yield images[start:start + batch_size], labels[start:start + batch_size]
+        yield images[start : start + batch_size], labels[start : start + batch_size]
 
 
 def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def knn_accuracy(gallery: torch.Tensor, gallery_labels: torch.Tensor, query: torch.Tensor,
-                 query_labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> Dict[int, float]:
+def knn_accuracy(
+    gallery: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    query: torch.Tensor,
+    query_labels: torch.Tensor,
+    ks: Sequence[int] = (1, 5),
+) -> Dict[int, float]:
     """Fraction of queries whose k nearest gallery features (Euclidean; on L2-normalised
     features that is the cosine order) vote for their label, for each k in ``ks``. Ties
     go to the label whose votes are nearer."""
@@ -68,7 +80,7 @@ def knn_accuracy(gallery: torch.Tensor, gallery_labels: torch.Tensor, query: tor
     kmax = min(max(ks), len(gallery))
     g, gl, q, ql = _np(gallery), _np(gallery_labels), _np(query), _np(query_labels)
     index = NearestNeighbors(n_neighbors=kmax).fit(g)
-    _, nearest = index.kneighbors(q)                       # (Q, kmax), nearest first
+    _, nearest = index.kneighbors(q)  # (Q, kmax), nearest first
     classes, neighbour_class = np.unique(gl[nearest], return_inverse=True)
     neighbour_class = neighbour_class.reshape(nearest.shape)
     out = {}
@@ -84,8 +96,9 @@ def knn_accuracy(gallery: torch.Tensor, gallery_labels: torch.Tensor, query: tor
     return out
 
 
-def nearest_center_accuracy(features: torch.Tensor, labels: torch.Tensor,
-                            centers: torch.Tensor) -> float:
+def nearest_center_accuracy(
+    features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor
+) -> float:
     """Fraction of features whose nearest center (Euclidean) is their own class's."""
     predicted = torch.cdist(features.float(), centers.float().to(features.device)).argmin(1)
     return float((predicted.cpu() == labels.cpu()).float().mean())
@@ -118,8 +131,9 @@ def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float(), dim=1)
 
 
-def verification_pairs(labels: torch.Tensor, max_pairs: int = 2_000_000,
-                       seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def verification_pairs(
+    labels: torch.Tensor, max_pairs: int = 2_000_000, seed: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Index pairs (i, j), i < j, for same/different-identity verification: every pair
     when there are at most ``max_pairs``, else a seeded sample of half same-identity
     pairs (where there are that many) and half different-identity pairs."""
@@ -143,7 +157,7 @@ def verification_pairs(labels: torch.Tensor, max_pairs: int = 2_000_000,
         cls = torch.multinomial(weights, n_pos, replacement=True, generator=g)
         a = (torch.rand(n_pos, generator=g) * counts[cls]).long()
         b = (torch.rand(n_pos, generator=g) * (counts[cls] - 1)).long()
-        b = b + (b >= a).long()                                     # b != a
+        b = b + (b >= a).long()  # b != a
         pos_i, pos_j = order[starts[cls] + a], order[starts[cls] + b]
     n_neg = max_pairs - len(pos_i)
     neg_i = torch.randint(0, n, (2 * n_neg,), generator=g)
@@ -154,16 +168,19 @@ def verification_pairs(labels: torch.Tensor, max_pairs: int = 2_000_000,
     return torch.minimum(i, j), torch.maximum(i, j)
 
 
-def pair_similarities(features: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-                      chunk: int = 1 << 20) -> torch.Tensor:
+def pair_similarities(
+    features: torch.Tensor, i: torch.Tensor, j: torch.Tensor, chunk: int = 1 << 20
+) -> torch.Tensor:
     """Cosine similarity of the pairs (i[k], j[k]) of L2-normalised ``features``."""
     f = l2_normalize(features)
-    return torch.cat([(f[i[s:s + chunk]] * f[j[s:s + chunk]]).sum(1)
-                      for s in range(0, len(i), chunk)])
+    return torch.cat(
+        [(f[i[s : s + chunk]] * f[j[s : s + chunk]]).sum(1) for s in range(0, len(i), chunk)]
+    )
 
 
-def verification_metrics(scores: torch.Tensor, same: torch.Tensor,
-                         fars: Sequence[float] = (1e-3, 1e-2)) -> Dict[str, object]:
+def verification_metrics(
+    scores: torch.Tensor, same: torch.Tensor, fars: Sequence[float] = (1e-3, 1e-2)
+) -> Dict[str, Any]:
     """ROC of ``scores`` for ``same`` (True = same identity): AUC, TAR at each FAR (the
     best true-accept rate whose false-accept rate is at most FAR; None when there are
     too few different-identity pairs to measure that FAR), and the best accuracy over
@@ -174,8 +191,10 @@ def verification_metrics(scores: torch.Tensor, same: torch.Tensor,
     y, s = _np(same).astype(bool), _np(scores).astype(np.float64)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"verification needs both kinds of pairs; got {n_pos} same-identity "
-                         f"and {n_neg} different-identity pairs")
+        raise ValueError(
+            f"verification needs both kinds of pairs; got {n_pos} same-identity "
+            f"and {n_neg} different-identity pairs"
+        )
     fpr, tpr, thresholds = roc_curve(y, s)
     tar = {}
     for far in fars:
@@ -212,8 +231,13 @@ def spread_in_span(features: torch.Tensor, directions: torch.Tensor) -> Dict[str
     return {"effective_dim": float(eig.sum() ** 2 / eig.pow(2).sum()), "in_span": float(inside)}
 
 
-def same_nearest_share(scores: torch.Tensor, same: torch.Tensor, nearest_i: torch.Tensor,
-                       nearest_j: torch.Tensor, far: float) -> Dict[str, float]:
+def same_nearest_share(
+    scores: torch.Tensor,
+    same: torch.Tensor,
+    nearest_i: torch.Tensor,
+    nearest_j: torch.Tensor,
+    far: float,
+) -> Dict[str, float]:
     """Of the different-identity pairs, the share whose two members have the same nearest
     reference (e.g. training class): among all of them (``all``) and among the top ``far``
     fraction by score (``false_accepts``: the pairs a threshold at that FAR accepts). A
@@ -223,5 +247,7 @@ def same_nearest_share(scores: torch.Tensor, same: torch.Tensor, nearest_i: torc
     coincide = (nearest_i == nearest_j)[neg]
     k = max(1, int(far * int(neg.sum())))
     top = torch.topk(scores[neg].double(), k).indices
-    return {"all": float(coincide.double().mean()),
-            "false_accepts": float(coincide[top].double().mean())}
+    return {
+        "all": float(coincide.double().mean()),
+        "false_accepts": float(coincide[top].double().mean()),
+    }

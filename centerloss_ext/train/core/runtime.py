@@ -1,5 +1,6 @@
 """Where a run's randomness and device come from: seeding every generator, and the
 device a --device value names."""
+
 from __future__ import annotations
 
 import random
@@ -24,6 +25,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name}: no CUDA GPU is visible to torch "
-                            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+        raise TrainingError(
+            f"--device {name}: no CUDA GPU is visible to torch "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})"
+        )
     return device

@@ -10,6 +10,7 @@ takes effect within one batch's wait; a second Ctrl-C is not held back), and the
 shuts its workers down as soon as the loop ends, normally or not, instead of whenever it is
 garbage-collected.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,10 @@ def sigint_held_back() -> Iterator[None]:
     A second Ctrl-C is not held back (a way out of a block that hangs). A process forked
     inside the block inherits the holding handler. Outside the main thread (no signal
     handlers there) a plain block."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is None:        # None: a handler set from C
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None
+    ):  # None: a handler set from C
         yield
         return
     came: List[int] = []
@@ -43,7 +46,7 @@ def sigint_held_back() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if len(came) == 1:                  # (a second one has raised in the block)
+        if len(came) == 1:  # (a second one has raised in the block)
             if callable(previous):
                 previous(signal.SIGINT, None)
             elif previous == signal.SIG_DFL:
@@ -85,7 +88,7 @@ class WorkerBatches:
         if self._closed:
             return
         self._closed = True
-        shutdown = getattr(self._it, "_shutdown_workers", None)    # torch's, idempotent
+        shutdown = getattr(self._it, "_shutdown_workers", None)  # torch's, idempotent
         if shutdown is not None:
             with sigint_held_back():
                 shutdown()
@@ -93,7 +96,7 @@ class WorkerBatches:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:      # at interpreter exit: torch's own __del__ still stops them
+        except Exception:  # at interpreter exit: torch's own __del__ still stops them
             pass
 
 
@@ -103,12 +106,15 @@ class WorkerSafeLoader(DataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("persistent_workers"):
-            raise ValueError("WorkerSafeLoader stops its workers after every pass: "
-                             "persistent_workers=True is not supported")
+            raise ValueError(
+                "WorkerSafeLoader stops its workers after every pass: "
+                "persistent_workers=True is not supported"
+            )
         if kwargs.get("num_workers", 0) > 0 and kwargs.get("worker_init_fn") is None:
             kwargs["worker_init_fn"] = ignore_sigint
         super().__init__(*args, **kwargs)
 
-    def __iter__(self) -> WorkerBatches:
+    def __iter__(self) -> WorkerBatches:  # type: ignore[override]  # wraps torch's iterator
+
         with sigint_held_back():
             return WorkerBatches(super().__iter__())

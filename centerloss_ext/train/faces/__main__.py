@@ -1,4 +1,5 @@
 """`python -m centerloss_ext.train.faces`: centerloss-faces (see ``cli``)."""
+
 from ..core.cli import require
 
 # before the first import of an optional package: a missing one is one line, not a traceback

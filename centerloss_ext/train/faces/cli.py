@@ -18,6 +18,7 @@ images).
 Run with `python -m centerloss_ext.train.faces` too. `--help` after a command lists its
 options.
 """
+
 from __future__ import annotations
 
 from ..core.cli import require as _require_extras
@@ -30,35 +31,58 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..core.cli import (HelpFormatter, alpha_value, bounded, device_name, non_negative_float,
-                        non_negative_int, positive_float, positive_int, run_cli)
+from ..core.cli import (
+    HelpFormatter,
+    alpha_value,
+    bounded,
+    device_name,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from .enroll import embed_folder, identify, print_identities
 from .evaluate import EvalOptions, eval_checkpoint
 from .model import FACE_ARCHS, PROG, Runtime
 from .split import split_identity_folder
 from .train import TrainOptions, train
 
-T, R, E = TrainOptions, Runtime, EvalOptions      # the defaults live in the jobs' options
+T, R, E = TrainOptions, Runtime, EvalOptions  # the defaults live in the jobs' options
 
 
 def _common_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=device_name, default=R.device,
-                   help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--batch-size", type=positive_int, default=R.batch_size,
-                   help="images per step")
-    p.add_argument("--workers", type=non_negative_int, default=R.workers,
-                   help="data-loading processes (0: load in the main process)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=R.amp,
-                   help="mixed precision: auto = bf16 (fp16 on GPUs without bf16) on CUDA, "
-                        "off on the CPU")
+    p.add_argument("--device", type=device_name, default=R.device, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--batch-size", type=positive_int, default=R.batch_size, help="images per step")
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=R.workers,
+        help="data-loading processes (0: load in the main process)",
+    )
+    p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "off"),
+        default=R.amp,
+        help="mixed precision: auto = bf16 (fp16 on GPUs without bf16) on CUDA, off on the CPU",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gallery-per-class", type=non_negative_int, default=E.gallery_per_class,
-                   metavar="N", help="k-NN gallery: up to N train/ images per identity (0: all)")
-    p.add_argument("--max-pairs", type=positive_int, default=E.max_pairs,
-                   help="verification: every val/ pair up to this many, else a sample")
+    p.add_argument(
+        "--gallery-per-class",
+        type=non_negative_int,
+        default=E.gallery_per_class,
+        metavar="N",
+        help="k-NN gallery: up to N train/ images per identity (0: all)",
+    )
+    p.add_argument(
+        "--max-pairs",
+        type=positive_int,
+        default=E.max_pairs,
+        help="verification: every val/ pair up to this many, else a sample",
+    )
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -70,68 +94,136 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     t = command("train", "train on DIR/train, evaluate on DIR/val")
     t.add_argument("--input-dir", required=True, help="folder with train/ and val/")
-    t.add_argument("--out", default=T.out,
-                   help="output folder: new or empty, unless --resume or --overwrite")
-    t.add_argument("--num-classes", type=positive_int, default=None,
-                   help="checked against the identities in train/ (inferred when absent)")
-    t.add_argument("--arch", choices=FACE_ARCHS, default=T.arch,
-                   help="resnet18: torchvision's ResNet-18 with a face-sized stem "
-                        "(default); compact: a small 8-layer CNN for CPUs and small data")
-    t.add_argument("--feature-dim", type=positive_int, default=T.feature_dim,
-                   help="width of the embedding")
-    t.add_argument("--image-size", type=bounded(int, 16), default=T.image_size,
-                   help="images are resized to this square size (at least 16)")
-    t.add_argument("--dropout", type=bounded(float, 0, 1, high_open=True), default=T.dropout,
-                   help="before the embedding layer")
-    t.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="no random crop/flip/colour jitter")
+    t.add_argument(
+        "--out", default=T.out, help="output folder: new or empty, unless --resume or --overwrite"
+    )
+    t.add_argument(
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        help="checked against the identities in train/ (inferred when absent)",
+    )
+    t.add_argument(
+        "--arch",
+        choices=FACE_ARCHS,
+        default=T.arch,
+        help="resnet18: torchvision's ResNet-18 with a face-sized stem "
+        "(default); compact: a small 8-layer CNN for CPUs and small data",
+    )
+    t.add_argument(
+        "--feature-dim", type=positive_int, default=T.feature_dim, help="width of the embedding"
+    )
+    t.add_argument(
+        "--image-size",
+        type=bounded(int, 16),
+        default=T.image_size,
+        help="images are resized to this square size (at least 16)",
+    )
+    t.add_argument(
+        "--dropout",
+        type=bounded(float, 0, 1, high_open=True),
+        default=T.dropout,
+        help="before the embedding layer",
+    )
+    t.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="no random crop/flip/colour jitter",
+    )
     t.add_argument("--epochs", type=positive_int, default=T.epochs, help="passes over train/")
     t.add_argument("--optimizer", choices=("sgd", "adamw"), default=T.optimizer)
-    t.add_argument("--lr", type=positive_float, default=None,
-                   help="peak learning rate (default: 0.1 for sgd, 1e-3 for adamw)")
-    t.add_argument("--momentum", type=bounded(float, 0, 1, high_open=True), default=T.momentum,
-                   help="sgd only")
-    t.add_argument("--weight-decay", type=non_negative_float, default=None,
-                   help="default: 5e-4 for sgd, 0.05 for adamw")
-    t.add_argument("--scheduler", choices=("cosine", "step"), default=T.scheduler,
-                   help="after warm-up: cosine decay to 0, or ×0.1 at each --milestones epoch")
-    t.add_argument("--milestones", type=positive_int, nargs="*", default=None,
-                   help="step scheduler epochs (default: 50%% and 75%% of --epochs)")
-    t.add_argument("--warmup-epochs", type=non_negative_float, default=T.warmup_epochs,
-                   help="linear learning-rate warm-up from 0")
-    t.add_argument("--clip-grad-norm", type=non_negative_float, default=T.clip_grad_norm,
-                   help="clip the gradients' global norm (0: off)")
-    t.add_argument("--center-loss-weight", "--lambda", dest="center_loss_weight",
-                   type=non_negative_float, default=T.center_loss_weight,
-                   help="λ (caffe-face used 0.008)")
-    t.add_argument("--alpha", type=alpha_value, default=T.alpha,
-                   help="center learning rate α, in [0, 1]")
-    t.add_argument("--eval-every", type=positive_int, default=T.eval_every, metavar="N",
-                   help="evaluate on val/ every N epochs and after the last")
+    t.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="peak learning rate (default: 0.1 for sgd, 1e-3 for adamw)",
+    )
+    t.add_argument(
+        "--momentum", type=bounded(float, 0, 1, high_open=True), default=T.momentum, help="sgd only"
+    )
+    t.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=None,
+        help="default: 5e-4 for sgd, 0.05 for adamw",
+    )
+    t.add_argument(
+        "--scheduler",
+        choices=("cosine", "step"),
+        default=T.scheduler,
+        help="after warm-up: cosine decay to 0, or ×0.1 at each --milestones epoch",
+    )
+    t.add_argument(
+        "--milestones",
+        type=positive_int,
+        nargs="*",
+        default=None,
+        help="step scheduler epochs (default: 50%% and 75%% of --epochs)",
+    )
+    t.add_argument(
+        "--warmup-epochs",
+        type=non_negative_float,
+        default=T.warmup_epochs,
+        help="linear learning-rate warm-up from 0",
+    )
+    t.add_argument(
+        "--clip-grad-norm",
+        type=non_negative_float,
+        default=T.clip_grad_norm,
+        help="clip the gradients' global norm (0: off)",
+    )
+    t.add_argument(
+        "--center-loss-weight",
+        "--lambda",
+        dest="center_loss_weight",
+        type=non_negative_float,
+        default=T.center_loss_weight,
+        help="λ (caffe-face used 0.008)",
+    )
+    t.add_argument(
+        "--alpha", type=alpha_value, default=T.alpha, help="center learning rate α, in [0, 1]"
+    )
+    t.add_argument(
+        "--eval-every",
+        type=positive_int,
+        default=T.eval_every,
+        metavar="N",
+        help="evaluate on val/ every N epochs and after the last",
+    )
     t.add_argument("--seed", type=int, default=T.seed, help="initialisation, order, augmentation")
     again = t.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from --out/checkpoint.pt up to --epochs")
-    again.add_argument("--overwrite", action="store_true",
-                       help="start afresh in a non-empty --out, deleting what a previous "
-                            "run wrote there (and nothing else)")
+    again.add_argument(
+        "--resume", action="store_true", help="continue from --out/checkpoint.pt up to --epochs"
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a non-empty --out, deleting what a previous "
+        "run wrote there (and nothing else)",
+    )
     _common_runtime(t)
     _eval_options(t)
 
     e = command("eval", "evaluate a checkpoint on DIR/val (gallery: DIR/train)")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--input-dir", required=True)
-    e.add_argument("--out", default=None,
-                   help="where to write eval_metrics.json and roc.png (default: the "
-                        "checkpoint's folder)")
+    e.add_argument(
+        "--out",
+        default=None,
+        help="where to write eval_metrics.json and roc.png (default: the checkpoint's folder)",
+    )
     e.add_argument("--seed", type=int, default=0, help="for sampling verification pairs")
     _common_runtime(e)
     _eval_options(e)
 
     m = command("embed", "write the L2-normalised features of a folder of images")
     m.add_argument("--checkpoint", required=True)
-    m.add_argument("--images", required=True,
-                   help="folder of images; an image in FOLDER/<name>/ is labelled <name>")
+    m.add_argument(
+        "--images",
+        required=True,
+        help="folder of images; an image in FOLDER/<name>/ is labelled <name>",
+    )
     m.add_argument("--out", required=True, help="output file: .npz or .pt")
     _common_runtime(m)
 
@@ -141,24 +233,39 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     q.add_argument("--query", required=True, nargs="+", help="image file(s) or folder(s)")
     q.add_argument("--top-k", type=positive_int, default=5, help="identities to list per query")
     unknown = q.add_mutually_exclusive_group()
-    unknown.add_argument("--threshold", type=float, default=None,
-                         help="below this cosine similarity the answer is 'unknown'")
-    unknown.add_argument("--far", type=bounded(float, 0, 1, low_open=True, high_open=True),
-                         default=None, metavar="RATE",
-                         help="answer 'unknown' below the threshold whose false-accept rate "
-                              "on the gallery (its images against the other identities) is "
-                              "at most RATE, e.g. 1e-3; the threshold is printed")
+    unknown.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="below this cosine similarity the answer is 'unknown'",
+    )
+    unknown.add_argument(
+        "--far",
+        type=bounded(float, 0, 1, low_open=True, high_open=True),
+        default=None,
+        metavar="RATE",
+        help="answer 'unknown' below the threshold whose false-accept rate "
+        "on the gallery (its images against the other identities) is "
+        "at most RATE, e.g. 1e-3; the threshold is printed",
+    )
     q.add_argument("--json", action="store_true", help="print the results as JSON")
     _common_runtime(q)
 
     s = command("split", "split one folder per identity into train/ and val/ (by image)")
     s.add_argument("--source", required=True, help="folder with one subfolder per identity")
     s.add_argument("--out", required=True, help="where train/ and val/ are made")
-    s.add_argument("--val-fraction", type=bounded(float, 0, 1, high_open=True), default=0.1,
-                   help="share of each identity's images for val/ (at least one, never "
-                        "its last)")
-    s.add_argument("--unseen-identities", type=non_negative_int, default=0,
-                   help="identities put in val/ whole, never trained on")
+    s.add_argument(
+        "--val-fraction",
+        type=bounded(float, 0, 1, high_open=True),
+        default=0.1,
+        help="share of each identity's images for val/ (at least one, never its last)",
+    )
+    s.add_argument(
+        "--unseen-identities",
+        type=non_negative_int,
+        default=0,
+        help="identities put in val/ whole, never trained on",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--copy", action="store_true", help="copy the images (default: symlinks)")
 
@@ -176,20 +283,35 @@ def run(args: argparse.Namespace) -> Any:
     if args.command == "train":
         return train(TrainOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
     if args.command == "eval":
-        return eval_checkpoint(args.checkpoint, args.input_dir, args.out, _runtime(args),
-                               EvalOptions(args.gallery_per_class, args.max_pairs, args.seed))
+        return eval_checkpoint(
+            args.checkpoint,
+            args.input_dir,
+            args.out,
+            _runtime(args),
+            EvalOptions(args.gallery_per_class, args.max_pairs, args.seed),
+        )
     if args.command == "embed":
         return embed_folder(args.checkpoint, args.images, args.out, _runtime(args))
     if args.command == "identify":
-        results = identify(args.checkpoint, args.gallery, args.query, args.top_k,
-                           args.threshold, _runtime(args), far=args.far)
+        results = identify(
+            args.checkpoint,
+            args.gallery,
+            args.query,
+            args.top_k,
+            args.threshold,
+            _runtime(args),
+            far=args.far,
+        )
         print_identities(results, args.json)
         return results
-    counts = split_identity_folder(args.source, args.out, args.val_fraction,
-                                   args.unseen_identities, args.seed, args.copy)
-    print(f"wrote {args.out}/train ({counts['train_images']} images) and {args.out}/val "
-          f"({counts['val_images']} images, {counts['unseen_identities']} identities unseen "
-          "in train/)")
+    counts = split_identity_folder(
+        args.source, args.out, args.val_fraction, args.unseen_identities, args.seed, args.copy
+    )
+    print(
+        f"wrote {args.out}/train ({counts['train_images']} images) and {args.out}/val "
+        f"({counts['val_images']} images, {counts['unseen_identities']} identities unseen "
+        "in train/)"
+    )
     return counts
 
 
@@ -199,5 +321,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
 
 
 # how the resume hint after Ctrl-C spells the command: the console script when run as one
-_COMMAND = (PROG if Path(sys.argv[0]).name == PROG
-            else "python -m centerloss_ext.train.faces")
+_COMMAND = PROG if Path(sys.argv[0]).name == PROG else "python -m centerloss_ext.train.faces"

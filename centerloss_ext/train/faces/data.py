@@ -2,6 +2,7 @@
 and their loading: ``val/`` is labelled with ``train/``'s class-to-index mapping, never
 its own, so a class missing from one split cannot shift every label after it.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from ..core.errors import DataError
 from ..core.workers import WorkerSafeLoader
@@ -18,6 +19,7 @@ from ..core.workers import WorkerSafeLoader
 
 def _image_extensions() -> Tuple[str, ...]:
     from torchvision.datasets.folder import IMG_EXTENSIONS
+
     return tuple(IMG_EXTENSIONS)
 
 
@@ -29,8 +31,9 @@ def list_images(directory: Path) -> List[Path]:
     """Image files under ``directory`` (recursively), sorted, so the order is the same on
     every machine."""
     directory = Path(directory)
-    found = [Path(root) / f for root, _, files in os.walk(directory, followlinks=True)
-             for f in files]
+    found = [
+        Path(root) / f for root, _, files in os.walk(directory, followlinks=True) for f in files
+    ]
     return sorted(p for p in found if is_image_file(p))
 
 
@@ -41,6 +44,7 @@ class IdentitySplit:
     ``class_to_idx`` maps every identity of the split to its label; identities unseen in
     training get labels from ``num_known`` up, in ``unseen``.
     """
+
     root: Path
     samples: List[Tuple[Path, int]]
     class_to_idx: Dict[str, int]
@@ -63,18 +67,22 @@ def scan_identity_folder(root: Path, known: Optional[Dict[str, int]] = None) -> 
         raise DataError(f"{root} is not a folder")
     stray = [p.name for p in root.iterdir() if is_image_file(p)]
     if stray:
-        raise DataError(f"{root} holds image files directly ({', '.join(sorted(stray)[:3])}"
-                        f"{', ...' if len(stray) > 3 else ''}): expected one subfolder per "
-                        "identity, each holding that identity's images")
+        raise DataError(
+            f"{root} holds image files directly ({', '.join(sorted(stray)[:3])}"
+            f"{', ...' if len(stray) > 3 else ''}): expected one subfolder per "
+            "identity, each holding that identity's images"
+        )
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
         raise DataError(f"{root} has no identity subfolders (expected {root}/<identity>/<image>)")
     per_class = {name: list_images(root / name) for name in names}
     empty = [name for name, files in per_class.items() if not files]
     if empty:
-        raise DataError(f"{root}: identity folder(s) without images: "
-                        f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''} "
-                        f"(image extensions: {', '.join(_image_extensions())})")
+        raise DataError(
+            f"{root}: identity folder(s) without images: "
+            f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''} "
+            f"(image extensions: {', '.join(_image_extensions())})"
+        )
     if known is None:
         class_to_idx = {name: i for i, name in enumerate(names)}
         unseen: List[str] = []
@@ -91,6 +99,7 @@ def scan_identity_folder(root: Path, known: Optional[Dict[str, int]] = None) -> 
 @dataclass
 class FaceFolders:
     """``input_dir/train`` and ``input_dir/val``, both labelled with train's mapping."""
+
     train: IdentitySplit
     val: IdentitySplit
 
@@ -104,8 +113,9 @@ class FaceFolders:
         return len(self.train.class_to_idx)
 
 
-def load_face_folders(input_dir: Path, num_classes: Optional[int] = None,
-                      class_names: Optional[Sequence[str]] = None) -> FaceFolders:
+def load_face_folders(
+    input_dir: Path, num_classes: Optional[int] = None, class_names: Optional[Sequence[str]] = None
+) -> FaceFolders:
     """Scans ``input_dir/{train,val}``.
 
     ``num_classes``, when given, must equal the number of training identities.
@@ -115,24 +125,32 @@ def load_face_folders(input_dir: Path, num_classes: Optional[int] = None,
     input_dir = Path(input_dir)
     for split in ("train", "val"):
         if not (input_dir / split).is_dir():
-            raise DataError(f"{input_dir / split} is missing: --input-dir must hold train/ "
-                            "and val/, each with one subfolder per identity")
+            raise DataError(
+                f"{input_dir / split} is missing: --input-dir must hold train/ "
+                "and val/, each with one subfolder per identity"
+            )
     train = scan_identity_folder(input_dir / "train")
     if class_names is not None:
         expected = {name: i for i, name in enumerate(class_names)}
         if set(expected) != set(train.class_to_idx):
             extra = sorted(set(train.class_to_idx) - set(expected))[:5]
             missing = sorted(set(expected) - set(train.class_to_idx))[:5]
-            raise DataError(f"{input_dir / 'train'} does not hold the identities the model "
-                            f"was trained on (new: {extra}, missing: {missing})")
+            raise DataError(
+                f"{input_dir / 'train'} does not hold the identities the model "
+                f"was trained on (new: {extra}, missing: {missing})"
+            )
         train = scan_identity_folder(input_dir / "train", known=expected)
     if len(train.class_to_idx) < 2:
-        raise DataError(f"{input_dir / 'train'} holds {len(train.class_to_idx)} identity; "
-                        "a softmax classifier needs at least 2")
+        raise DataError(
+            f"{input_dir / 'train'} holds {len(train.class_to_idx)} identity; "
+            "a softmax classifier needs at least 2"
+        )
     if num_classes is not None and num_classes != len(train.class_to_idx):
-        raise DataError(f"--num-classes {num_classes} but {input_dir / 'train'} holds "
-                        f"{len(train.class_to_idx)} identities: drop --num-classes or fix "
-                        "the folders")
+        raise DataError(
+            f"--num-classes {num_classes} but {input_dir / 'train'} holds "
+            f"{len(train.class_to_idx)} identities: drop --num-classes or fix "
+            "the folders"
+        )
     val = scan_identity_folder(input_dir / "val", known=train.class_to_idx)
     return FaceFolders(train, val)
 
@@ -140,8 +158,9 @@ def load_face_folders(input_dir: Path, num_classes: Optional[int] = None,
 class ImageListDataset(Dataset):
     """(image, label) from a list of (path, label); images load as RGB PIL images."""
 
-    def __init__(self, samples: Sequence[Tuple[Path, int]],
-                 transform: Optional[Callable] = None) -> None:
+    def __init__(
+        self, samples: Sequence[Tuple[Path, int]], transform: Optional[Callable] = None
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
 
@@ -170,22 +189,38 @@ def face_transforms(image_size: int, train: bool, augment: bool = True) -> Calla
 
     steps: list = [T.Resize((image_size, image_size))]
     if train and augment:
-        steps += [T.RandomResizedCrop(image_size, scale=(0.85, 1.0), ratio=(0.9, 1.1)),
-                  T.RandomHorizontalFlip(),
-                  T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)]
+        steps += [
+            T.RandomResizedCrop(image_size, scale=(0.85, 1.0), ratio=(0.9, 1.1)),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        ]
     steps += [T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
     return T.Compose(steps)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int,
-                device: torch.device, generator: Optional[torch.Generator] = None,
-                drop_last: bool = False,
-                sampler: Optional[DistributedSampler] = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    device: torch.device,
+    generator: Optional[torch.Generator] = None,
+    drop_last: bool = False,
+    sampler: Optional[DistributedSampler] = None,
+) -> WorkerSafeLoader:
     """One place for loaders; under torchrun a DistributedSampler gives each rank its share
     (and does the shuffling). Its workers survive a Ctrl-C whole (see ``core.workers``)."""
-    return WorkerSafeLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                      drop_last=drop_last, generator=generator, persistent_workers=False)
+    return WorkerSafeLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=False,
+    )
 
 
 def labelled_images(folder: Path) -> List[Tuple[Path, str]]:
@@ -201,5 +236,7 @@ def labelled_images(folder: Path) -> List[Tuple[Path, str]]:
     images = list_images(folder)
     if not images:
         raise DataError(f"{folder} holds no images")
-    return [(p, p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else "")
-            for p in images]
+    return [
+        (p, p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else "")
+        for p in images
+    ]

@@ -1,6 +1,7 @@
 """`centerloss-faces embed` and `identify`: enrol a folder of images as L2-normalised
 features (``.npz`` or ``.pt``), and rank the enrolled identities for query images by the
 cosine similarity to each identity's template (the normalised mean of its features)."""
+
 from __future__ import annotations
 
 import json
@@ -25,19 +26,30 @@ def embed_images(model: FaceNet, paths: Sequence[Path], how: Extraction) -> torc
     return l2_normalize(feats)
 
 
-def save_embeddings(path: Path, features: torch.Tensor, paths: Sequence[str],
-                    labels: Sequence[str], meta: Dict[str, Any]) -> None:
+def save_embeddings(
+    path: Path,
+    features: torch.Tensor,
+    paths: Sequence[str],
+    labels: Sequence[str],
+    meta: Dict[str, Any],
+) -> None:
     """``.npz`` (features, paths, labels arrays) or ``.pt`` (a dict) by extension."""
     import numpy as np
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npz":
-        np.savez(path, features=features.numpy(), paths=np.array(paths, dtype=str),
-                 labels=np.array(labels, dtype=str), meta=json.dumps(meta))
+        np.savez(
+            path,
+            features=features.numpy(),
+            paths=np.array(paths, dtype=str),
+            labels=np.array(labels, dtype=str),
+            meta=json.dumps(meta),
+        )
     elif path.suffix == ".pt":
-        torch.save({"features": features, "paths": list(paths), "labels": list(labels),
-                    "meta": meta}, path)
+        torch.save(
+            {"features": features, "paths": list(paths), "labels": list(labels), "meta": meta}, path
+        )
     else:
         raise TrainingError(f"--out {path}: use a .npz or .pt file name")
 
@@ -52,46 +64,62 @@ def load_embeddings(path: Path) -> Tuple[torch.Tensor, List[str], List[str], Dic
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
-                return (torch.from_numpy(z["features"]), [str(s) for s in z["paths"]],
-                        [str(s) for s in z["labels"]], json.loads(str(z["meta"])))
+                return (
+                    torch.from_numpy(z["features"]),
+                    [str(s) for s in z["paths"]],
+                    [str(s) for s in z["labels"]],
+                    json.loads(str(z["meta"])),
+                )
         d = torch.load(path, map_location="cpu", weights_only=True)
         return d["features"], d["paths"], d["labels"], d["meta"]
-    except Exception as e:     # truncated, another kind of file, a checkpoint, missing keys
+    except Exception as e:  # truncated, another kind of file, a checkpoint, missing keys
         reason = f"no {e}" if isinstance(e, KeyError) else first_line(e)
-        raise TrainingError(f"--gallery {path}: not an embeddings file written by `embed` "
-                            f"({reason}); run `embed` to make one") from None
+        raise TrainingError(
+            f"--gallery {path}: not an embeddings file written by `embed` "
+            f"({reason}); run `embed` to make one"
+        ) from None
 
 
-def embed_folder(checkpoint: Path, images: Path, out: Path,
-                 runtime: Runtime = Runtime()) -> Dict[str, Any]:
+def embed_folder(
+    checkpoint: Path, images: Path, out: Path, runtime: Runtime = Runtime()
+) -> Dict[str, Any]:
     """The `embed` job: the features of every image under ``images`` (an image in
     ``images/<name>/`` is labelled ``<name>``) written to ``out``."""
     device, autocast = runtime.resolve()
     model, _, ckpt = load_face_model(Path(checkpoint), device)
     root = Path(images)
     items = labelled_images(root)
-    feats = embed_images(model, [p for p, _ in items],
-                         checkpoint_extraction(ckpt, device, autocast, runtime))
+    feats = embed_images(
+        model, [p for p, _ in items], checkpoint_extraction(ckpt, device, autocast, runtime)
+    )
     paths = [str(p.relative_to(root)) if root.is_dir() else str(p) for p, _ in items]
     labels = [label for _, label in items]
-    meta = {"checkpoint": str(checkpoint), "images": str(root),
-            "feature_dim": feats.shape[1], "normalized": "l2"}
+    meta = {
+        "checkpoint": str(checkpoint),
+        "images": str(root),
+        "feature_dim": feats.shape[1],
+        "normalized": "l2",
+    }
     save_embeddings(Path(out), feats, paths, labels, meta)
-    note_outputs(Path(out).parent, Path(out).name)      # --overwrite of a run there clears it
+    note_outputs(Path(out).parent, Path(out).name)  # --overwrite of a run there clears it
     named = sum(bool(label) for label in labels)
-    print(f"wrote {out}: {len(items)} images ({named} labelled, "
-          f"{len(set(l for l in labels if l))} identities), {feats.shape[1]}-D features")
+    print(
+        f"wrote {out}: {len(items)} images ({named} labelled, "
+        f"{len({label for label in labels if label})} identities), {feats.shape[1]}-D features"
+    )
     return {"out": str(out), "images": len(items), "labelled": named}
 
 
-def identity_templates(features: torch.Tensor,
-                       labels: Sequence[str]) -> Tuple[List[str], torch.Tensor]:
+def identity_templates(
+    features: torch.Tensor, labels: Sequence[str]
+) -> Tuple[List[str], torch.Tensor]:
     """One enrolled template per identity: the normalised mean of its normalised features
     (unlabelled gallery images are left out)."""
     names = sorted({label for label in labels if label})
     if not names:
-        raise TrainingError("the gallery has no labelled images: embed a folder with one "
-                            "subfolder per identity")
+        raise TrainingError(
+            "the gallery has no labelled images: embed a folder with one subfolder per identity"
+        )
     index = {name: i for i, name in enumerate(names)}
     rows = [i for i, label in enumerate(labels) if label]
     owner = torch.tensor([index[labels[i]] for i in rows])
@@ -100,8 +128,13 @@ def identity_templates(features: torch.Tensor,
     return names, l2_normalize(sums)
 
 
-def far_threshold(features: torch.Tensor, labels: Sequence[str], names: Sequence[str],
-                  templates: torch.Tensor, far: float) -> Tuple[float, int]:
+def far_threshold(
+    features: torch.Tensor,
+    labels: Sequence[str],
+    names: Sequence[str],
+    templates: torch.Tensor,
+    far: float,
+) -> Tuple[float, int]:
     """The lowest threshold whose false-accept rate on the gallery is at most ``far``: the
     impostor trials are every labelled gallery image against the templates of the other
     identities, and a score at or above the threshold accepts. Returns the threshold and
@@ -109,19 +142,27 @@ def far_threshold(features: torch.Tensor, labels: Sequence[str], names: Sequence
     above the highest impostor score)."""
     rows = [i for i, label in enumerate(labels) if label]
     if len(names) < 2:
-        raise TrainingError("--far needs a gallery of at least 2 identities (impostor "
-                            "scores are an image against another identity); use --threshold")
+        raise TrainingError(
+            "--far needs a gallery of at least 2 identities (impostor "
+            "scores are an image against another identity); use --threshold"
+        )
     owner = torch.tensor([names.index(labels[i]) for i in rows])
     scores = l2_normalize(features[rows]) @ templates.T
     ranked = scores[owner[:, None] != torch.arange(len(names))].sort(descending=True).values
-    allowed = int(far * len(ranked))            # impostor trials that may be accepted
+    allowed = int(far * len(ranked))  # impostor trials that may be accepted
     # accept iff score >= threshold: just above the (allowed+1)-th highest impostor score
     return float(torch.nextafter(ranked[allowed], torch.tensor(2.0))), len(ranked)
 
 
-def identify(checkpoint: Path, gallery: Path, queries: Sequence[Path], top_k: int = 5,
-             threshold: Optional[float] = None, runtime: Runtime = Runtime(),
-             far: Optional[float] = None) -> List[Dict[str, Any]]:
+def identify(
+    checkpoint: Path,
+    gallery: Path,
+    queries: Sequence[Path],
+    top_k: int = 5,
+    threshold: Optional[float] = None,
+    runtime: Runtime = Runtime(),
+    far: Optional[float] = None,
+) -> List[Dict[str, Any]]:
     """The `identify` job: for each query image (files, or folders of them) the ``top_k``
     enrolled identities of ``gallery`` by cosine similarity; the answer is the best one,
     or None ("unknown") below ``threshold``, or below the threshold picked for a
@@ -133,26 +174,38 @@ def identify(checkpoint: Path, gallery: Path, queries: Sequence[Path], top_k: in
     model, _, ckpt = load_face_model(Path(checkpoint), device)
     g_feats, _, g_labels, _ = load_embeddings(Path(gallery))
     if g_feats.shape[1] != ckpt["model_config"]["feature_dim"]:
-        raise TrainingError(f"{gallery} holds {g_feats.shape[1]}-D features; "
-                            f"{checkpoint} makes {ckpt['model_config']['feature_dim']}-D")
+        raise TrainingError(
+            f"{gallery} holds {g_feats.shape[1]}-D features; "
+            f"{checkpoint} makes {ckpt['model_config']['feature_dim']}-D"
+        )
     names, templates = identity_templates(g_feats, g_labels)
     if far is not None:
         threshold, trials = far_threshold(g_feats, g_labels, names, templates, far)
         few = "; too few for that rate: just above the highest" if trials * far < 1 else ""
-        print(f"--far {far:g}: threshold {threshold:.4f} (from {trials} impostor scores of "
-              f"{gallery}{few})", file=sys.stderr)
+        print(
+            f"--far {far:g}: threshold {threshold:.4f} (from {trials} impostor scores of "
+            f"{gallery}{few})",
+            file=sys.stderr,
+        )
     items = [item for q in queries for item in labelled_images(Path(q))]
-    embedded = embed_images(model, [p for p, _ in items],
-                            checkpoint_extraction(ckpt, device, autocast, runtime))
-    scores = embedded @ templates.T                               # cosine similarities
+    embedded = embed_images(
+        model, [p for p, _ in items], checkpoint_extraction(ckpt, device, autocast, runtime)
+    )
+    scores = embedded @ templates.T  # cosine similarities
     k = min(top_k, len(names))
     top_scores, top_idx = scores.topk(k, dim=1)
     results = []
     for (path, _), s_row, i_row in zip(items, top_scores.tolist(), top_idx.tolist()):
         matches = [{"identity": names[i], "score": round(s, 6)} for s, i in zip(s_row, i_row)]
         known = threshold is None or s_row[0] >= threshold
-        results.append({"query": str(path), "identity": matches[0]["identity"] if known
-                        else None, "matches": matches, "threshold": threshold})
+        results.append(
+            {
+                "query": str(path),
+                "identity": matches[0]["identity"] if known else None,
+                "matches": matches,
+                "threshold": threshold,
+            }
+        )
     return results
 
 

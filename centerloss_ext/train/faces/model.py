@@ -4,6 +4,7 @@ jobs build it, their mixed-precision choice, and loading a `train` checkpoint.
 FaceNet returns ``(features, logits)`` from ``forward`` and has ``embed(x)``; the
 classifier is a bias-free linear layer on the features, as in the paper.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def _resnet18_trunk(image_size: int) -> nn.Module:
     stride = 2 if image_size >= 96 else 1
     net.conv1 = nn.Conv2d(3, 64, 3, stride=stride, padding=1, bias=False)
     net.maxpool = nn.Identity()
-    return nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1, net.layer2, net.layer3,
-                         net.layer4)
+    return nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.layer1, net.layer2, net.layer3, net.layer4
+    )
 
 
 def _compact_trunk() -> nn.Module:
@@ -47,10 +49,14 @@ def _compact_trunk() -> nn.Module:
     layers: list = []
     cin = 3
     for cout in (32, 64, 128, 256):
-        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
-                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                   nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
         cin = cout
     return nn.Sequential(*layers)
 
@@ -65,8 +71,14 @@ class FaceNet(nn.Module):
     scripts' bare 43,520-wide flatten did not. Classifier: bias-free linear.
     """
 
-    def __init__(self, num_classes: int, feature_dim: int = 512, arch: str = "resnet18",
-                 image_size: int = 112, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        feature_dim: int = 512,
+        arch: str = "resnet18",
+        image_size: int = 112,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         if arch not in FACE_ARCHS:
             raise ValueError(f"arch must be one of {FACE_ARCHS}; got {arch!r}")
@@ -75,9 +87,12 @@ class FaceNet(nn.Module):
         self.trunk = _resnet18_trunk(image_size) if arch == "resnet18" else _compact_trunk()
         channels, height, width = self._trunk_output_shape(image_size)
         self.embedding = nn.Sequential(
-            nn.BatchNorm2d(channels), nn.Dropout(dropout), nn.Flatten(),
+            nn.BatchNorm2d(channels),
+            nn.Dropout(dropout),
+            nn.Flatten(),
             nn.Linear(channels * height * width, feature_dim, bias=False),
-            nn.BatchNorm1d(feature_dim))
+            nn.BatchNorm1d(feature_dim),
+        )
         self.classifier = nn.Linear(feature_dim, num_classes, bias=False)
 
     @torch.no_grad()
@@ -100,6 +115,7 @@ class FaceNet(nn.Module):
 class Runtime:
     """Where and how a faces job runs: the device (cpu, cuda, cuda:N or auto), images
     per batch, data-loading processes and mixed precision (auto, bf16, fp16, off)."""
+
     device: str = "auto"
     batch_size: int = 128
     workers: int = DEFAULT_WORKERS
@@ -121,20 +137,26 @@ def amp_dtype(choice: str, device: torch.device) -> Optional[torch.dtype]:
     return torch.bfloat16 if choice == "bf16" else torch.float16
 
 
-def build_model(model_config: Dict[str, Any], num_classes: int,
-                device: torch.device) -> FaceNet:
+def build_model(model_config: Dict[str, Any], num_classes: int, device: torch.device) -> FaceNet:
     """FaceNet from the MODEL_KEYS of a run, on ``device`` in channels-last layout."""
-    model = FaceNet(num_classes, model_config["feature_dim"], model_config["arch"],
-                    model_config["image_size"], model_config["dropout"])
-    return model.to(device, memory_format=torch.channels_last)
+    model = FaceNet(
+        num_classes,
+        model_config["feature_dim"],
+        model_config["arch"],
+        model_config["image_size"],
+        model_config["dropout"],
+    )
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def load_face_model(path: Path, device: torch.device) -> Tuple[FaceNet, CenterLoss, Dict]:
     """The model (eval mode), the centers and the checkpoint written by `train`."""
     ckpt = load_checkpoint(path, map_location=device)
     if ckpt.get("kind") != CHECKPOINT_KIND:
-        raise TrainingError(f"--checkpoint {path}: not a checkpoint of `{PROG} train`; give "
-                            "the checkpoint.pt that it wrote")
+        raise TrainingError(
+            f"--checkpoint {path}: not a checkpoint of `{PROG} train`; give "
+            "the checkpoint.pt that it wrote"
+        )
     cfg = ckpt["model_config"]
     num_classes = len(ckpt["class_names"])
     model = build_model(cfg, num_classes, device)

@@ -1,5 +1,6 @@
 """`centerloss-faces split`: one folder per identity -> ``train/`` and ``val/``, by image,
 optionally with whole identities kept out of training (for open-set verification)."""
+
 from __future__ import annotations
 
 import random
@@ -11,9 +12,14 @@ from ..core.errors import DataError
 from .data import scan_identity_folder
 
 
-def split_identity_folder(source: Path, out: Path, val_fraction: float = 0.1,
-                          unseen_identities: int = 0, seed: int = 0,
-                          copy: bool = False) -> Dict[str, int]:
+def split_identity_folder(
+    source: Path,
+    out: Path,
+    val_fraction: float = 0.1,
+    unseen_identities: int = 0,
+    seed: int = 0,
+    copy: bool = False,
+) -> Dict[str, int]:
     """Splits ``source/<identity>/<images>`` into ``out/train`` and ``out/val`` by image:
     ``val_fraction`` of each identity's images (at least one, and never its last) go to
     val/; ``unseen_identities`` identities, drawn at random, go to val/ whole (for
@@ -28,8 +34,10 @@ def split_identity_folder(source: Path, out: Path, val_fraction: float = 0.1,
     tree = scan_identity_folder(source)
     names = sorted(tree.class_to_idx)
     if unseen_identities > len(names) - 2:
-        raise DataError(f"--unseen-identities {unseen_identities}: {source} holds "
-                        f"{len(names)} identities and train/ needs at least 2")
+        raise DataError(
+            f"--unseen-identities {unseen_identities}: {source} holds "
+            f"{len(names)} identities and train/ needs at least 2"
+        )
     rng = random.Random(seed)
     unseen = set(rng.sample(names, unseen_identities))
     by_identity: Dict[str, List[Path]] = {name: [] for name in names}
@@ -43,8 +51,9 @@ def split_identity_folder(source: Path, out: Path, val_fraction: float = 0.1,
         else:
             shuffled = files[:]
             rng.shuffle(shuffled)
-            n_val = min(max(1, round(val_fraction * len(files))) if val_fraction > 0 else 0,
-                        len(files) - 1)
+            n_val = min(
+                max(1, round(val_fraction * len(files))) if val_fraction > 0 else 0, len(files) - 1
+            )
             val, train = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
         for split, chosen in (("train", train), ("val", val)):
             for path in chosen:

@@ -12,6 +12,7 @@ be learnt (python_tests/train/faces/test_train_faces.py measures an untrained an
 network). val/ holds images of every training identity plus ``unseen`` identities
 absent from train/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 SHAPES = ("ellipse", "box", "triangle", "ring", "cross", "diamond")
-COLOUR_JITTER = 15.0       # per-image spread of an identity's shape colour (grey levels)
+COLOUR_JITTER = 15.0  # per-image spread of an identity's shape colour (grey levels)
 
 
 def _contrasting(rng: np.random.Generator, other: tuple) -> tuple:
@@ -29,8 +30,10 @@ def _contrasting(rng: np.random.Generator, other: tuple) -> tuple:
     or 120 apart in one channel), so shapes and marks stay visible."""
     while True:
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        if abs(sum(colour) - sum(other)) / 3 >= 40 or \
-                max(abs(a - b) for a, b in zip(colour, other)) >= 120:
+        if (
+            abs(sum(colour) - sum(other)) / 3 >= 40
+            or max(abs(a - b) for a, b in zip(colour, other)) >= 120
+        ):
             return colour
 
 
@@ -66,16 +69,22 @@ def _draw(rng: np.random.Generator, identity: dict, size: int):
     # a second, smaller mark: a per-identity "feature" at a per-identity place
     mx, my = identity["mark"]
     m = size / 10
-    draw.ellipse((mx * size - m, my * size - m, mx * size + m, my * size + m),
-                 fill=mark_colour)
+    draw.ellipse((mx * size - m, my * size - m, mx * size + m, my * size + m), fill=mark_colour)
     pixels = np.asarray(image, dtype=np.float32)
-    pixels = pixels * rng.uniform(0.8, 1.2) + rng.normal(0, 12, pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    lit = pixels * rng.uniform(0.8, 1.2) + rng.normal(0, 12, pixels.shape)
+    return Image.fromarray(np.clip(lit, 0, 255).astype(np.uint8))
 
 
-def make_synthetic_faces(root: Path, identities: int = 6, train_per_identity: int = 12,
-                         val_per_identity: int = 4, unseen: int = 1, image_size: int = 32,
-                         seed: int = 0, names: Optional[Sequence[str]] = None) -> Path:
+def make_synthetic_faces(
+    root: Path,
+    identities: int = 6,
+    train_per_identity: int = 12,
+    val_per_identity: int = 4,
+    unseen: int = 1,
+    image_size: int = 32,
+    seed: int = 0,
+    names: Optional[Sequence[str]] = None,
+) -> Path:
     """Writes ``root/train/<id>/*.png`` and ``root/val/<id>/*.png``; returns ``root``."""
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -90,8 +99,11 @@ def make_synthetic_faces(root: Path, identities: int = 6, train_per_identity: in
             "scale": rng.uniform(0.5, 0.75),
             "mark": tuple(rng.uniform(0.15, 0.85, 2)),
         }
-        splits = [("val", val_per_identity)] if k >= identities else \
-            [("train", train_per_identity), ("val", val_per_identity)]
+        splits = (
+            [("val", val_per_identity)]
+            if k >= identities
+            else [("train", train_per_identity), ("val", val_per_identity)]
+        )
         for split, count in splits:
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
@@ -101,9 +113,11 @@ def make_synthetic_faces(root: Path, identities: int = 6, train_per_identity: in
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m centerloss_ext.train.synthetic",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m centerloss_ext.train.synthetic",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("out")
     p.add_argument("--identities", type=int, default=8)
     p.add_argument("--train-per-identity", type=int, default=40)
@@ -112,8 +126,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    root = make_synthetic_faces(Path(a.out), a.identities, a.train_per_identity,
-                                a.val_per_identity, a.unseen, a.image_size, a.seed)
+    root = make_synthetic_faces(
+        Path(a.out),
+        a.identities,
+        a.train_per_identity,
+        a.val_per_identity,
+        a.unseen,
+        a.image_size,
+        a.seed,
+    )
     print(f"wrote {root}/train and {root}/val")
 
 

@@ -5,6 +5,7 @@ syncing the centers); rank 0 logs, evaluates and saves.
 
 Top to bottom: TrainOptions, build_training, Run (what the epochs work on),
 train_one_epoch, train (the job), the epoch (train, then evaluate on val/ when due)."""
+
 from __future__ import annotations
 
 import math
@@ -26,18 +27,46 @@ from ..core.files import check_output_folder, output_folder, save_checkpoint, wr
 from ..core.runtime import seed_everything
 from .data import FaceFolders, ImageListDataset, face_transforms, load_face_folders, make_loader
 from .evaluate import EvalOptions, Extraction, evaluate, summary
-from .model import (CHECKPOINT_KIND, DEFAULT_WORKERS, MODEL_KEYS, PROG, FaceNet, amp_dtype,
-                    build_model)
+from .model import (
+    CHECKPOINT_KIND,
+    DEFAULT_WORKERS,
+    MODEL_KEYS,
+    PROG,
+    FaceNet,
+    amp_dtype,
+    build_model,
+)
 
 # options that define a run: resuming with other values would mix two runs
-RUN_KEYS = MODEL_KEYS + ("optimizer", "lr", "momentum", "weight_decay", "scheduler",
-                         "milestones", "warmup_epochs", "batch_size", "center_loss_weight",
-                         "alpha", "clip_grad_norm", "seed", "augment")
+RUN_KEYS = MODEL_KEYS + (
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "scheduler",
+    "milestones",
+    "warmup_epochs",
+    "batch_size",
+    "center_loss_weight",
+    "alpha",
+    "clip_grad_norm",
+    "seed",
+    "augment",
+)
 # what a run writes into --out (and `eval` beside the checkpoint): --overwrite deletes these
-OUTPUTS = ("checkpoint.pt", "metrics.json", "curves.png", "roc.png", "eval_metrics.json",
-           "eval_roc.png", "*.tmp")
-NAN_HINT = ("Lower --lr or --center-loss-weight, keep --clip-grad-norm and the warm-up on, "
-            "and check the images.")
+OUTPUTS = (
+    "checkpoint.pt",
+    "metrics.json",
+    "curves.png",
+    "roc.png",
+    "eval_metrics.json",
+    "eval_roc.png",
+    "*.tmp",
+)
+NAN_HINT = (
+    "Lower --lr or --center-loss-weight, keep --clip-grad-norm and the warm-up on, "
+    "and check the images."
+)
 
 
 @dataclass
@@ -45,6 +74,7 @@ class TrainOptions:
     """Everything `train` takes (the command line's options, same names). ``lr``,
     ``weight_decay`` and ``milestones`` left as None get the optimizer's and the epochs'
     defaults."""
+
     input_dir: str
     out: str = "runs/faces"
     num_classes: Optional[int] = None
@@ -75,7 +105,7 @@ class TrainOptions:
     no_progress: bool = False
     gallery_per_class: int = 10
     max_pairs: int = 2_000_000
-    log_every: int = loop.LOG_EVERY          # not a command-line option; not recorded
+    log_every: int = loop.LOG_EVERY  # not a command-line option; not recorded
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -87,24 +117,27 @@ class TrainOptions:
 
     def record(self) -> Dict[str, Any]:
         """The options as metrics.json records them (the command line's keys)."""
-        return {"command": "train", **{k: v for k, v in asdict(self).items()
-                                       if k != "log_every"}}
+        return {"command": "train", **{k: v for k, v in asdict(self).items() if k != "log_every"}}
 
 
-def build_training(opts: TrainOptions, num_classes: int, steps_per_epoch: int,
-                   device: torch.device):
+def build_training(
+    opts: TrainOptions, num_classes: int, steps_per_epoch: int, device: torch.device
+):
     """Model, center loss, optimizer and per-step scheduler, built in one place."""
     model = build_model({k: getattr(opts, k) for k in MODEL_KEYS}, num_classes, device)
     center_loss = CenterLoss(num_classes, opts.feature_dim, alpha=opts.alpha, device=device)
+    lr, weight_decay, milestone_epochs = opts.lr, opts.weight_decay, opts.milestones
+    assert lr is not None and weight_decay is not None and milestone_epochs is not None  # post_init
+    optimizer: torch.optim.Optimizer
     if opts.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum,
-                                    weight_decay=opts.weight_decay)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=opts.momentum, weight_decay=weight_decay
+        )
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr,
-                                      weight_decay=opts.weight_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = opts.epochs * steps_per_epoch
     warmup = int(round(opts.warmup_epochs * steps_per_epoch))
-    milestones = [m * steps_per_epoch for m in opts.milestones]
+    milestones = [m * steps_per_epoch for m in milestone_epochs]
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -126,6 +159,7 @@ class Run:
     training loader with its sampler (torchrun) and generator (order, augmentations); the
     folders; the device, autocast dtype and ranks; where the run stands; the output
     folder."""
+
     opts: TrainOptions
     model: torch.nn.Module
     net: FaceNet
@@ -145,8 +179,13 @@ class Run:
 
     def extraction(self) -> Extraction:
         """How evaluation embeds the val/ and gallery images."""
-        return Extraction(self.opts.image_size, self.device, self.autocast,
-                          self.opts.batch_size, self.opts.workers)
+        return Extraction(
+            self.opts.image_size,
+            self.device,
+            self.autocast,
+            self.opts.batch_size,
+            self.opts.workers,
+        )
 
     def eval_options(self) -> EvalOptions:
         return EvalOptions(self.opts.gallery_per_class, self.opts.max_pairs, self.opts.seed)
@@ -161,19 +200,26 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, float]:
     model, center_loss, optimizer, scaler = run.model, run.center_loss, run.optimizer, run.scaler
     loader = run.loader
     model.train()
-    center_loss.train()                          # alpha mode: the forward moves the centers
+    center_loss.train()  # alpha mode: the forward moves the centers
     stats = loop.RunningStats(device, epoch, len(loader), opts.log_every, run.ranks, NAN_HINT)
-    batches = iter(loader)               # WorkerBatches: see core/workers.py
-    bar = tqdm(batches, total=len(loader), desc=f"epoch {epoch + 1}/{opts.epochs}",
-               unit="batch", leave=False, disable=not (run.ranks.main and not opts.no_progress),
-               dynamic_ncols=True)
+    batches = iter(loader)  # WorkerBatches: see core/workers.py
+    bar = tqdm(
+        batches,
+        total=len(loader),
+        desc=f"epoch {epoch + 1}/{opts.epochs}",
+        unit="batch",
+        leave=False,
+        disable=not (run.ranks.main and not opts.no_progress),
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
     try:
         for x, y in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast or torch.float32,
-                                enabled=autocast is not None):
+            with torch.autocast(
+                device.type, dtype=autocast or torch.float32, enabled=autocast is not None
+            ):
                 features, logits = model(x)
             softmax = F.cross_entropy(logits.float(), y)
             center = center_loss(features.float(), y)
@@ -188,17 +234,25 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, float]:
             run.scheduler.step()
             means = stats.add(loss, softmax, center, logits, y)
             if means is not None:
-                bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['acc']:.4f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.3g}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{means['loss']:.4f}",
+                    acc=f"{means['acc']:.4f}",
+                    lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+                    refresh=False,
+                )
     finally:
-        close = getattr(batches, "close", None)   # the workers stop now, also after a
-        if close is not None:                     # Ctrl-C in the loop body
+        close = getattr(batches, "close", None)  # the workers stop now, also after a
+        if close is not None:  # Ctrl-C in the loop body
             close()
     bar.close()
     m = stats.means or stats.sync()
-    return {"train_loss": m["loss"], "train_softmax_loss": m["softmax"],
-            "train_center_loss": m["center"], "train_acc": m["acc"],
-            "images_per_second": m["seen"] / (time.perf_counter() - t0)}
+    return {
+        "train_loss": m["loss"],
+        "train_softmax_loss": m["softmax"],
+        "train_center_loss": m["center"],
+        "train_acc": m["acc"],
+        "images_per_second": m["seen"] / (time.perf_counter() - t0),
+    }
 
 
 def train(opts: TrainOptions) -> Dict[str, Any]:
@@ -207,7 +261,7 @@ def train(opts: TrainOptions) -> Dict[str, Any]:
     try:
         if not ranks.main:
             return _train(opts, ranks, device)
-        if not opts.resume:                  # before any work: refuse, or clear, --out
+        if not opts.resume:  # before any work: refuse, or clear, --out
             check_output_folder(Path(opts.out), OUTPUTS, opts.overwrite)
         with output_folder(Path(opts.out)):  # a failed run leaves no empty folder behind
             return _train(opts, ranks, device)
@@ -222,47 +276,100 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
     out = Path(opts.out)
     ckpt_path = out / "checkpoint.pt"
     ckpt = loop.load_for_resume(ckpt_path, device, ("class_names",)) if opts.resume else None
-    folders = load_face_folders(Path(opts.input_dir), opts.num_classes,
-                                class_names=ckpt["class_names"] if ckpt else None)
+    folders = load_face_folders(
+        Path(opts.input_dir), opts.num_classes, class_names=ckpt["class_names"] if ckpt else None
+    )
     unseen = folders.val.unseen
     if unseen:
-        log(f"val/: {len(unseen)} {'identity' if len(unseen) == 1 else 'identities'} not in "
+        log(
+            f"val/: {len(unseen)} {'identity' if len(unseen) == 1 else 'identities'} not in "
             f"train/ ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''})"
-            ": used for verification only")
-    train_set = ImageListDataset(folders.train.samples,
-                                 face_transforms(opts.image_size, train=True, augment=opts.augment))
+            ": used for verification only"
+        )
+    train_set = ImageListDataset(
+        folders.train.samples, face_transforms(opts.image_size, train=True, augment=opts.augment)
+    )
     generator = torch.Generator()
-    sampler = (DistributedSampler(train_set, ranks.world, ranks.rank, shuffle=True,
-                                  seed=opts.seed) if ranks.distributed else None)
+    sampler: Optional[DistributedSampler] = (
+        DistributedSampler(train_set, ranks.world, ranks.rank, shuffle=True, seed=opts.seed)
+        if ranks.distributed
+        else None
+    )
     share = len(sampler) if sampler else len(train_set)
     # drop_last: a last batch of one would break BatchNorm's batch statistics
-    loader = make_loader(train_set, opts.batch_size, True, opts.workers, device, generator,
-                         drop_last=share > opts.batch_size, sampler=sampler)
-    net, center_loss, optimizer, scheduler = build_training(opts, folders.num_classes,
-                                                            len(loader), device)
-    model = ddp.wrap(net, ranks, device)     # `net` is the bare model: saved, evaluated
+    loader = make_loader(
+        train_set,
+        opts.batch_size,
+        True,
+        opts.workers,
+        device,
+        generator,
+        drop_last=share > opts.batch_size,
+        sampler=sampler,
+    )
+    net, center_loss, optimizer, scheduler = build_training(
+        opts, folders.num_classes, len(loader), device
+    )
+    model = ddp.wrap(net, ranks, device)  # `net` is the bare model: saved, evaluated
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
     config = {k: getattr(opts, k) for k in RUN_KEYS}
     config["epochs"] = opts.epochs
-    config["world_size"] = ranks.world       # --batch-size is per rank
-    states = {"model": net, "center_loss": center_loss, "optimizer": optimizer,
-              "scheduler": scheduler, "scaler": scaler}
-    progress = loop.resume(ckpt, ckpt_path, config, RUN_KEYS + ("epochs", "world_size"),
-                           states, log, epochs=opts.epochs)
-    log(f"{PROG}: {opts.arch} ({opts.image_size}px, {opts.feature_dim}-D), "
+    config["world_size"] = ranks.world  # --batch-size is per rank
+    states = {
+        "model": net,
+        "center_loss": center_loss,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scaler": scaler,
+    }
+    progress = loop.resume(
+        ckpt,
+        ckpt_path,
+        config,
+        RUN_KEYS + ("epochs", "world_size"),
+        states,
+        log,
+        epochs=opts.epochs,
+    )
+    log(
+        f"{PROG}: {opts.arch} ({opts.image_size}px, {opts.feature_dim}-D), "
         f"{folders.num_classes} identities, {len(train_set)} train / "
         f"{len(folders.val.samples)} val images, λ={opts.center_loss_weight:g}, "
         f"{opts.optimizer} lr {opts.lr:g}, on {device}"
         f"{f' x {ranks.world} ranks' if ranks.distributed else ''}"
-        f"{f' with {autocast}'.replace('torch.', '') if autocast else ''} -> {out}")
-    run = Run(opts, model, net, center_loss, optimizer, scheduler, scaler, loader, sampler,
-              generator, folders, device, autocast, ranks, progress, out)
+        f"{f' with {autocast}'.replace('torch.', '') if autocast else ''} -> {out}"
+    )
+    run = Run(
+        opts,
+        model,
+        net,
+        center_loss,
+        optimizer,
+        scheduler,
+        scaler,
+        loader,
+        sampler,
+        generator,
+        folders,
+        device,
+        autocast,
+        ranks,
+        progress,
+        out,
+    )
 
     def save() -> None:
-        save_checkpoint(ckpt_path, loop.checkpoint_state(
-            config, progress, states, kind=CHECKPOINT_KIND,
-            model_config={k: getattr(opts, k) for k in MODEL_KEYS},
-            class_names=folders.class_names))
+        save_checkpoint(
+            ckpt_path,
+            loop.checkpoint_state(
+                config,
+                progress,
+                states,
+                kind=CHECKPOINT_KIND,
+                model_config={k: getattr(opts, k) for k in MODEL_KEYS},
+                class_names=folders.class_names,
+            ),
+        )
         write_json(out / "metrics.json", _record(run))
 
     saved = epoch = progress.epoch
@@ -283,9 +390,11 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
         raise loop.interrupted(epoch, saved, ckpt_path) from None
     if not ranks.main:
         return {}
-    plots.training_curves(out / "curves.png", progress.history,
-                          accuracy_keys=("train_acc", "val_knn1_acc", "val_softmax_acc",
-                                         "val_roc_auc"))
+    plots.training_curves(
+        out / "curves.png",
+        progress.history,
+        accuracy_keys=("train_acc", "val_knn1_acc", "val_softmax_acc", "val_roc_auc"),
+    )
     result = _record(run)
     write_json(out / "metrics.json", result)
     print(f"wrote {out}/: checkpoint.pt, metrics.json, curves.png, roc.png")
@@ -296,8 +405,8 @@ def _epoch(run: Run, epoch: int) -> None:
     """One epoch: train, then on rank 0 evaluate when due; the epoch's row joins the
     history as soon as its training is done (so a checkpoint saved then is consistent)."""
     opts, ranks, progress = run.opts, run.ranks, run.progress
-    epoch_seed = opts.seed * 100_003 + epoch      # same order and augmentations on resume
-    torch.manual_seed(epoch_seed + ranks.rank)   # each rank its own augmentations
+    epoch_seed = opts.seed * 100_003 + epoch  # same order and augmentations on resume
+    torch.manual_seed(epoch_seed + ranks.rank)  # each rank its own augmentations
     run.generator.manual_seed(epoch_seed)
     if run.sampler is not None:
         run.sampler.set_epoch(epoch)
@@ -309,26 +418,35 @@ def _epoch(run: Run, epoch: int) -> None:
     row["train_seconds"] = round(progress.train_seconds, 1)
     progress.history.append(row)
     progress.epoch = epoch + 1
-    if not ranks.main:                       # rank 0 evaluates and saves
+    if not ranks.main:  # rank 0 evaluates and saves
         return
     if (epoch + 1) % opts.eval_every == 0 or epoch + 1 == opts.epochs:
-        metrics, roc = evaluate(run.net, run.center_loss, run.folders, run.extraction(),
-                                run.eval_options())
+        metrics, roc = evaluate(
+            run.net, run.center_loss, run.folders, run.extraction(), run.eval_options()
+        )
         row.update(metrics)
         if roc is not None:
-            plots.roc_plot(run.out / "roc.png", roc["fpr"], roc["tpr"],
-                           f"val/ verification, epoch {epoch + 1}: AUC "
-                           f"{metrics['val_roc_auc']:.4f}")
-    tqdm.write(f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  train acc "
-               f"{row['train_acc']:.4f}  {summary(row)}  ({progress.train_seconds:.0f} s)")
+            plots.roc_plot(
+                run.out / "roc.png",
+                roc["fpr"],
+                roc["tpr"],
+                f"val/ verification, epoch {epoch + 1}: AUC {metrics['val_roc_auc']:.4f}",
+            )
+    tqdm.write(
+        f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  train acc "
+        f"{row['train_acc']:.4f}  {summary(row)}  ({progress.train_seconds:.0f} s)"
+    )
 
 
 def _record(run: Run) -> Dict[str, Any]:
     """metrics.json: the options, where it ran, the last evaluated row and every row."""
     history = run.progress.history
     evaluated = [h for h in history if "val_images" in h]
-    return loop.run_record(run.opts.record(),
-                           {**environment(run.device), "world_size": run.ranks.world},
-                           history, evaluated[-1] if evaluated else None,
-                           identities=run.folders.num_classes,
-                           unseen_val_identities=run.folders.val.unseen)
+    return loop.run_record(
+        run.opts.record(),
+        {**environment(run.device), "world_size": run.ranks.world},
+        history,
+        evaluated[-1] if evaluated else None,
+        identities=run.folders.num_classes,
+        unseen_val_identities=run.folders.val.unseen,
+    )

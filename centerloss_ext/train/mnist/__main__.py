@@ -1,4 +1,5 @@
 """`python -m centerloss_ext.train.mnist`: centerloss-mnist (see ``cli``)."""
+
 from ..core.cli import require
 
 # before the first import of an optional package: a missing one is one line, not a traceback

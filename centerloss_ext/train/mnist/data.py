@@ -1,5 +1,6 @@
 """Fashion-MNIST / MNIST as in-memory tensors: the IDX file reader, with torchvision's
 loader as the fallback for other folder layouts and downloads."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,8 +15,18 @@ import torch
 from ..core.errors import DataError
 
 DEFAULT_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DIGITS = tuple(str(d) for d in range(10))
 DATASETS = ("fashion-mnist", "mnist")
 
@@ -26,6 +37,7 @@ _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}
 @dataclass
 class ImageSplits:
     """uint8 images (N, 28, 28) and int64 labels (N,) for train and test."""
+
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
@@ -47,13 +59,16 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise DataError(f"{path} is too short to be an IDX file")
     magic = int.from_bytes(raw[:4], "big")
     if magic != _IDX_MAGIC[ndim]:
-        raise DataError(f"{path}: IDX magic {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x} "
-                        f"(unsigned bytes, {ndim} dimension(s))")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+        raise DataError(
+            f"{path}: IDX magic {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x} "
+            f"(unsigned bytes, {ndim} dimension(s))"
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise DataError(f"{path}: header says {shape} ({int(np.prod(shape))} bytes), "
-                        f"file holds {body.size}")
+        raise DataError(
+            f"{path}: header says {shape} ({int(np.prod(shape))} bytes), file holds {body.size}"
+        )
     return body.reshape(shape)
 
 
@@ -64,10 +79,23 @@ def _idx_file(directory: Path, stem: str) -> Optional[Path]:
     return None
 
 
+def _required_idx_file(directory: Path, stem: str) -> Path:
+    path = _idx_file(directory, stem)
+    if path is None:
+        raise DataError(f"{directory}: no {stem} or {stem}.gz (the four IDX files of MNIST)")
+    return path
+
+
 def has_idx_files(directory: Path) -> bool:
-    return all(_idx_file(Path(directory), s) for s in
-               ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+    return all(
+        _idx_file(Path(directory), s)
+        for s in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        )
+    )
 
 
 def read_idx_splits(directory: Path, class_names: Sequence[str]) -> ImageSplits:
@@ -75,19 +103,24 @@ def read_idx_splits(directory: Path, class_names: Sequence[str]) -> ImageSplits:
     directory = Path(directory)
     arrays = []
     for split in ("train", "t10k"):
-        images = read_idx(_idx_file(directory, f"{split}-images-idx3-ubyte"), 3)
-        labels = read_idx(_idx_file(directory, f"{split}-labels-idx1-ubyte"), 1)
+        images = read_idx(_required_idx_file(directory, f"{split}-images-idx3-ubyte"), 3)
+        labels = read_idx(_required_idx_file(directory, f"{split}-labels-idx1-ubyte"), 1)
         if len(images) != len(labels):
             raise DataError(f"{directory}: {len(images)} {split} images but {len(labels)} labels")
         if labels.size and labels.max() >= len(class_names):
-            raise DataError(f"{directory}: label {labels.max()} in {split}, expected < "
-                            f"{len(class_names)}")
+            raise DataError(
+                f"{directory}: label {labels.max()} in {split}, expected < {len(class_names)}"
+            )
         arrays += [torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))]
-    return ImageSplits(*arrays, class_names=class_names, source=str(directory))
+    train_images, train_labels, test_images, test_labels = arrays
+    return ImageSplits(
+        train_images, train_labels, test_images, test_labels, class_names, str(directory)
+    )
 
 
-def load_mnist_like(name: str, data_dir: Optional[str] = None,
-                    download: bool = False) -> ImageSplits:
+def load_mnist_like(
+    name: str, data_dir: Optional[str] = None, download: bool = False
+) -> ImageSplits:
     """Fashion-MNIST or MNIST.
 
     A folder holding the four IDX files is read directly (Debian's
@@ -100,17 +133,20 @@ def load_mnist_like(name: str, data_dir: Optional[str] = None,
     class_names = FASHION_CLASSES if name == "fashion-mnist" else DIGITS
     if data_dir is None and name == "fashion-mnist" and not download:
         if not has_idx_files(DEFAULT_FASHION_DIR):
-            raise DataError(f"Fashion-MNIST not found in {DEFAULT_FASHION_DIR}: install it "
-                            "(apt-get install dataset-fashion-mnist), or pass --data DIR "
-                            "(a folder with the IDX files), or --download")
+            raise DataError(
+                f"Fashion-MNIST not found in {DEFAULT_FASHION_DIR}: install it "
+                "(apt-get install dataset-fashion-mnist), or pass --data DIR "
+                "(a folder with the IDX files), or --download"
+            )
         return read_idx_splits(DEFAULT_FASHION_DIR, class_names)
     if data_dir is not None and has_idx_files(Path(data_dir)):
         return read_idx_splits(Path(data_dir), class_names)
     return _torchvision_splits(name, data_dir, download, class_names)
 
 
-def _torchvision_splits(name: str, data_dir: Optional[str], download: bool,
-                        class_names: Sequence[str]) -> ImageSplits:
+def _torchvision_splits(
+    name: str, data_dir: Optional[str], download: bool, class_names: Sequence[str]
+) -> ImageSplits:
     from torchvision import datasets
 
     cls = datasets.FashionMNIST if name == "fashion-mnist" else datasets.MNIST
@@ -121,8 +157,14 @@ def _torchvision_splits(name: str, data_dir: Optional[str], download: bool,
     except (RuntimeError, OSError) as e:
         hint = "" if download else " (pass --download to fetch it, where a network exists)"
         raise DataError(f"{name} not found under {root}: {e}{hint}") from e
-    return ImageSplits(train.data, train.targets.long(), test.data, test.targets.long(),
-                       class_names=class_names, source=str(Path(root) / cls.__name__))
+    return ImageSplits(
+        train.data,
+        train.targets.long(),
+        test.data,
+        test.targets.long(),
+        class_names=class_names,
+        source=str(Path(root) / cls.__name__),
+    )
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:

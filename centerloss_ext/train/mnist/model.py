@@ -5,6 +5,7 @@ classifier is a bias-free linear layer on the features, as in the paper, so the 
 decision regions are cones from the origin and the center loss is what makes the
 classes compact.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -24,15 +25,24 @@ class LeNetPlusPlus(nn.Module):
     bulk of the work); the feature layer, the classifier and so the center loss stay in
     float32, in training and evaluation alike."""
 
-    def __init__(self, num_classes: int = 10, feature_dim: int = 2, in_channels: int = 1,
-                 batch_norm: bool = False, trunk_dtype: Optional[torch.dtype] = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        feature_dim: int = 2,
+        in_channels: int = 1,
+        batch_norm: bool = False,
+        trunk_dtype: Optional[torch.dtype] = None,
+    ) -> None:
         super().__init__()
         self.trunk_dtype = trunk_dtype
 
         def conv(cin: int, cout: int) -> list:
             if batch_norm:
-                return [nn.Conv2d(cin, cout, 5, padding=2, bias=False), nn.BatchNorm2d(cout),
-                        nn.PReLU(cout)]
+                return [
+                    nn.Conv2d(cin, cout, 5, padding=2, bias=False),
+                    nn.BatchNorm2d(cout),
+                    nn.PReLU(cout),
+                ]
             return [nn.Conv2d(cin, cout, 5, padding=2), nn.PReLU(cout)]
 
         def stage(cin: int, cout: int) -> list:
@@ -40,8 +50,9 @@ class LeNetPlusPlus(nn.Module):
 
         self.trunk = nn.Sequential(*stage(in_channels, 32), *stage(32, 64), *stage(64, 128))
         # 28 -> 14 -> 7 -> 3
-        self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(128 * 3 * 3, feature_dim),
-                                       nn.PReLU())
+        self.embedding = nn.Sequential(
+            nn.Flatten(), nn.Linear(128 * 3 * 3, feature_dim), nn.PReLU()
+        )
         self.classifier = nn.Linear(feature_dim, num_classes, bias=False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

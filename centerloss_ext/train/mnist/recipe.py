@@ -2,6 +2,7 @@
 open-set protocol and the λ/α sweep reuse), and the network, center loss, optimizers,
 learning-rate schedule and augmentation built from them (from MnistOptions or anything
 with the same attributes)."""
+
 from __future__ import annotations
 
 import math
@@ -18,12 +19,13 @@ from .model import LeNetPlusPlus
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 AMP_CHOICES = ("off", "bf16", "auto")
-ONECYCLE_WARMUP = 0.25          # fraction of the steps spent raising the learning rate
+ONECYCLE_WARMUP = 0.25  # fraction of the steps spent raising the learning rate
 
 
 @dataclass
 class MnistOptions:
     """Everything a run takes (the command line's options, same names)."""
+
     dataset: str = "fashion-mnist"
     data: Optional[str] = None
     download: bool = False
@@ -47,7 +49,7 @@ class MnistOptions:
     overwrite: bool = False
     limit_train: Optional[int] = None
     no_progress: bool = False
-    log_every: int = LOG_EVERY               # not a command-line option; not recorded
+    log_every: int = LOG_EVERY  # not a command-line option; not recorded
 
     def record(self) -> Dict[str, Any]:
         """The options as metrics.json records them (the command line's keys)."""
@@ -59,6 +61,7 @@ class Recipe:
     """What one run trains: ``optimizers`` step together after every batch (the centers'
     SGD in optimizer mode comes second); ``scheduler`` steps after every batch
     (onecycle), or is None (constant, cosine: set per epoch by :func:`lr_at`)."""
+
     model: LeNetPlusPlus
     center_loss: CenterLoss
     optimizers: List[torch.optim.Optimizer]
@@ -67,8 +70,11 @@ class Recipe:
     def states(self) -> Dict[str, Any]:
         """name -> object with state_dict(), as checkpoints hold them (older checkpoints
         have no "center_optimizer" or "scheduler": only runs that use them save them)."""
-        out: Dict[str, Any] = {"model": self.model, "center_loss": self.center_loss,
-                               "optimizer": self.optimizers[0]}
+        out: Dict[str, Any] = {
+            "model": self.model,
+            "center_loss": self.center_loss,
+            "optimizer": self.optimizers[0],
+        }
         if len(self.optimizers) > 1:
             out["center_optimizer"] = self.optimizers[1]
         if self.scheduler is not None:
@@ -82,9 +88,11 @@ def center_lr(opts: Any, num_classes: int) -> float:
     as the alpha rule would, α·n/(1+n): the gradient of λ·(1/B)·Σ½‖x−c‖² moves it by
     lr·λ·n/B, so lr = α·B·C / ((B + C)·λ)."""
     if opts.center_loss_weight == 0:
-        raise TrainingError("--center-update optimizer with --center-loss-weight 0: the "
-                            "centers get no gradient and would never move; the softmax-only "
-                            "baseline uses --center-update alpha (its centers still tracked)")
+        raise TrainingError(
+            "--center-update optimizer with --center-loss-weight 0: the "
+            "centers get no gradient and would never move; the softmax-only "
+            "baseline uses --center-update alpha (its centers still tracked)"
+        )
     if opts.center_lr is not None:
         return opts.center_lr
     b, c = opts.batch_size, num_classes
@@ -97,7 +105,7 @@ def native_bf16(device: torch.device) -> bool:
     float32)."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")   # torch >= 2.2
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch >= 2.2
     return device.type == "cpu" and any(getattr(torch.cpu, p, lambda: False)() for p in probes)
 
 
@@ -117,27 +125,46 @@ def build(opts: Any, num_classes: int, steps_per_epoch: int, device: torch.devic
     ``opts.amp`` is "off" or "bf16" (:func:`resolve_amp`)."""
     if opts.amp not in ("off", "bf16"):
         raise ValueError(f"opts.amp={opts.amp!r}: resolve it first (resolve_amp)")
-    model = LeNetPlusPlus(num_classes, opts.feature_dim, batch_norm=opts.batch_norm,
-                          trunk_dtype=torch.bfloat16 if opts.amp == "bf16" else None).to(
-        device, memory_format=torch.channels_last)
-    center_loss = CenterLoss(num_classes, opts.feature_dim, alpha=opts.alpha,
-                             center_update=opts.center_update, device=device)
-    optimizers: List[torch.optim.Optimizer] = [torch.optim.Adam(
-        model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)]
+    model = (
+        LeNetPlusPlus(
+            num_classes,
+            opts.feature_dim,
+            batch_norm=opts.batch_norm,
+            trunk_dtype=torch.bfloat16 if opts.amp == "bf16" else None,
+        )
+        .to(device)
+        .to(memory_format=torch.channels_last)
+    )
+    center_loss = CenterLoss(
+        num_classes,
+        opts.feature_dim,
+        alpha=opts.alpha,
+        center_update=opts.center_update,
+        device=device,
+    )
+    optimizers: List[torch.optim.Optimizer] = [
+        torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    ]
     if opts.center_update == "optimizer":
-        optimizers.append(torch.optim.SGD(center_loss.parameters(),
-                                          lr=center_lr(opts, num_classes)))
+        optimizers.append(
+            torch.optim.SGD(center_loss.parameters(), lr=center_lr(opts, num_classes))
+        )
     scheduler = None
     if opts.lr_schedule == "onecycle":
         # torch's one-cycle policy: up from lr/25 over the first quarter of the steps, then
         # cosine annealing to lr/25e4, cycling Adam's beta1 (0.95 -> 0.85 -> 0.95)
         total = steps_per_epoch * opts.epochs
         if total < 4:
-            raise TrainingError(f"--lr-schedule onecycle needs at least 4 steps; this run "
-                                f"has {total}: use more --epochs or a smaller --batch-size")
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(     # (>= 2 steps up: torch's
-            optimizers[0], max_lr=opts.lr, total_steps=total,  # phases must not be empty)
-            pct_start=max(ONECYCLE_WARMUP, 2 / total))
+            raise TrainingError(
+                f"--lr-schedule onecycle needs at least 4 steps; this run "
+                f"has {total}: use more --epochs or a smaller --batch-size"
+            )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(  # (>= 2 steps up: torch's
+            optimizers[0],
+            max_lr=opts.lr,
+            total_steps=total,  # phases must not be empty)
+            pct_start=max(ONECYCLE_WARMUP, 2 / total),
+        )
     return Recipe(model, center_loss, optimizers, scheduler)
 
 
@@ -151,8 +178,9 @@ def lr_at(lr: float, schedule: str, epoch: int, epochs: int) -> Optional[float]:
     return lr
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, flip: bool,
-                  shift: int = 2) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator, flip: bool, shift: int = 2
+) -> torch.Tensor:
     """Shifts each image by up to ``shift`` pixels (the border filled with the background,
     -1) and, with ``flip``, mirrors half of them. x: (B, 1, H, W) on the CPU."""
     b, _, h, w = x.shape

@@ -1,4 +1,5 @@
 """The evaluation measures of centerloss_ext.train.core.metrics, on hand-checkable data."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,13 @@ def test_knn_accuracy_votes_and_breaks_ties_by_distance():
     assert acc[1] == pytest.approx(2 / 3)
     assert acc[3] == pytest.approx(1 / 3)
     # a 2-vote tie (k=2): the nearer label wins
-    tie = ev.knn_accuracy(torch.tensor([[0.0], [1.0]]), torch.tensor([5, 7]),
-                          torch.tensor([[0.4]]), torch.tensor([5]), ks=(2,))
+    tie = ev.knn_accuracy(
+        torch.tensor([[0.0], [1.0]]),
+        torch.tensor([5, 7]),
+        torch.tensor([[0.4]]),
+        torch.tensor([5]),
+        ks=(2,),
+    )
     assert tie[2] == 1.0
 
 
@@ -48,13 +54,13 @@ def test_verification_pairs_all_and_sampled():
     labels = torch.tensor([0, 0, 1, 1, 1, 2])
     i, j = ev.verification_pairs(labels)
     assert len(i) == 15 and bool((i < j).all())
-    labels = torch.arange(400) % 20                      # 79,800 pairs
+    labels = torch.arange(400) % 20  # 79,800 pairs
     i, j = ev.verification_pairs(labels, max_pairs=2000, seed=1)
     same = labels[i] == labels[j]
     assert len(i) == 2000 and bool((i < j).all())
-    assert int(same.sum()) == 1000                       # half same-identity pairs
+    assert int(same.sum()) == 1000  # half same-identity pairs
     i2, _ = ev.verification_pairs(labels, max_pairs=2000, seed=1)
-    assert torch.equal(i, i2)                            # seeded
+    assert torch.equal(i, i2)  # seeded
 
 
 def test_verification_metrics():
@@ -67,7 +73,7 @@ def test_verification_metrics():
     assert m["best_accuracy"] == pytest.approx((3 + 2000) / 2004)
     assert 0.5 <= m["best_threshold"] <= 0.7
     few = ev.verification_metrics(torch.tensor([0.9, 0.1]), torch.tensor([True, False]))
-    assert few["tar@far=0.001"] is None                  # 1 negative cannot measure 1e-3
+    assert few["tar@far=0.001"] is None  # 1 negative cannot measure 1e-3
     assert few["roc_auc"] == 1.0
     with pytest.raises(ValueError, match="both kinds"):
         ev.verification_metrics(torch.tensor([0.3]), torch.tensor([True]))
@@ -85,23 +91,28 @@ def test_import_centerloss_ext_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, centerloss_ext; heavy = [m for m in ('matplotlib', 'sklearn', "
-            "'torchvision', 'centerloss_ext.train') if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        "import sys, centerloss_ext; heavy = [m for m in ('matplotlib', 'sklearn', "
+        "'torchvision', 'centerloss_ext.train') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 
 def test_spread_in_span_effective_dimension_and_share_of_variance():
     g = torch.Generator().manual_seed(0)
     # directions: 3 class means along axes 0 and 1 of 6 (their differences span 2 axes)
-    directions = torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0], [-1.0, -1.0, 0, 0, 0, 0]])
+    directions = torch.tensor(
+        [[1.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0], [-1.0, -1.0, 0, 0, 0, 0]]
+    )
     inside = torch.zeros(20000, 6)
     inside[:, :2] = torch.randn(20000, 2, generator=g)
-    inside[:, 2] = 0.001                     # a constant offset: normalising keeps it tiny
+    inside[:, 2] = 0.001  # a constant offset: normalising keeps it tiny
     r = ev.spread_in_span(inside, directions)
     assert r["in_span"] == pytest.approx(1.0, abs=1e-4)
-    assert 1.5 < r["effective_dim"] <= 2.0001        # two axes, equal after normalising
+    assert 1.5 < r["effective_dim"] <= 2.0001  # two axes, equal after normalising
     outside = torch.zeros(20000, 6)
     outside[:, 2:] = torch.randn(20000, 4, generator=g)
     r = ev.spread_in_span(outside, directions)
@@ -116,8 +127,8 @@ def test_same_nearest_share_counts_impostors_and_the_top_ones():
     scores = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
     same = torch.tensor([False] * 10 + [True, True])
     ni = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 5, 5])
-    nj = torch.tensor([1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 5, 6])   # impostors 8 and 9 coincide
-    r = ev.same_nearest_share(scores, same, ni, nj, far=0.2)   # the top 2 impostors
+    nj = torch.tensor([1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 5, 6])  # impostors 8 and 9 coincide
+    r = ev.same_nearest_share(scores, same, ni, nj, far=0.2)  # the top 2 impostors
     assert r == {"all": pytest.approx(0.2), "false_accepts": pytest.approx(1.0)}
     r = ev.same_nearest_share(scores, same, ni, nj, far=0.3)
     assert r["false_accepts"] == pytest.approx(2 / 3)

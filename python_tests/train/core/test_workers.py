@@ -3,6 +3,7 @@ workers ignore it, the main process holds it back while it starts or stops them,
 iterator stops them when the loop ends; a real SIGINT to the process group, landing
 anywhere in a loop that starts and stops workers all the time, ends the run with exactly
 its one line."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -29,12 +30,12 @@ class Numbers(Dataset):
 
 
 def test_a_ctrl_c_inside_the_block_comes_after_it():
-    before = signal.getsignal(signal.SIGINT)   # run_cli's, after an in-process main()
+    before = signal.getsignal(signal.SIGINT)  # run_cli's, after an in-process main()
     reached_the_end = False
     with pytest.raises(KeyboardInterrupt):
         with sigint_held_back():
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)                 # a handler that raised would do so here
+            time.sleep(0.05)  # a handler that raised would do so here
             reached_the_end = True
     assert reached_the_end
     assert signal.getsignal(signal.SIGINT) is before
@@ -45,7 +46,7 @@ def test_a_held_back_ctrl_c_wins_over_the_blocks_own_exception():
         with sigint_held_back():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
-            raise StopIteration              # the last batch came with the Ctrl-C
+            raise StopIteration  # the last batch came with the Ctrl-C
 
 
 def test_a_second_ctrl_c_is_not_held_back():
@@ -58,7 +59,7 @@ def test_a_second_ctrl_c_is_not_held_back():
             reached.append(1)
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
-            reached.append(2)                # not reached: the second one raised
+            reached.append(2)  # not reached: the second one raised
     assert reached == [1]
     assert signal.getsignal(signal.SIGINT) is before
 
@@ -77,7 +78,7 @@ def test_batches_are_a_plain_loaders_and_the_workers_stop_at_the_end():
     assert multiprocessing.active_children()
     got = torch.cat(list(batches)).flatten().tolist()
     assert got == [float(i) for i in range(12)]
-    assert not multiprocessing.active_children()            # stopped on exhaustion
+    assert not multiprocessing.active_children()  # stopped on exhaustion
 
 
 def test_close_stops_the_workers_of_an_unfinished_loop():
@@ -134,9 +135,17 @@ def interrupt_runs(kind: str, delays):
     """Starts one child per delay, sends each a process-group SIGINT that many seconds
     after it is ready; returns (exit status or None if it hung, stderr) per child."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, kind], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env,
-                              start_new_session=True) for _ in delays]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, kind],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for _ in delays
+    ]
     results = []
     try:
         for proc, delay in zip(procs, delays):
@@ -162,7 +171,6 @@ def test_a_real_ctrl_c_anywhere_in_the_loop_gives_one_line_and_no_hang():
     about ten times a second. With torch's plain DataLoader in its place, runs of this
     test saw hangs and "Exception ignored" / worker tracebacks in about half the
     children (see the commit that added it)."""
-    delays = [0.05 + 0.07 * i for i in range(8)]         # spread over a few passes
+    delays = [0.05 + 0.07 * i for i in range(8)]  # spread over a few passes
     for delay, (status, stderr) in zip(delays, interrupt_runs("safe", delays)):
-        assert status == 130 and stderr.strip() == "child: interrupted", (delay, status,
-                                                                          stderr)
+        assert status == 130 and stderr.strip() == "child: interrupted", (delay, status, stderr)

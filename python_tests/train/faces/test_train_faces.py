@@ -1,6 +1,7 @@
 """The faces pipeline (centerloss_ext.train.faces) on a tiny generated identity-folder
 tree: train -> eval -> embed -> identify end to end on the CPU, the label mapping of val/,
 and the refusals (malformed folders, --num-classes mismatch, a non-finite loss)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,16 +20,35 @@ from centerloss_ext.train.faces.enroll import load_embeddings
 from centerloss_ext.train.faces.model import FaceNet
 from centerloss_ext.train.faces.synthetic import make_synthetic_faces
 
-FAST = ["--arch", "compact", "--image-size", "32", "--feature-dim", "32", "--batch-size",
-        "16", "--workers", "0", "--no-progress", "--device", "cpu"]
+FAST = [
+    "--arch",
+    "compact",
+    "--image-size",
+    "32",
+    "--feature-dim",
+    "32",
+    "--batch-size",
+    "16",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """6 training identities (12 images each), val/ with 4 of each plus 1 unseen one."""
-    return make_synthetic_faces(tmp_path_factory.mktemp("faces"), identities=6,
-                                train_per_identity=12, val_per_identity=4, unseen=1,
-                                image_size=32, seed=0)
+    return make_synthetic_faces(
+        tmp_path_factory.mktemp("faces"),
+        identities=6,
+        train_per_identity=12,
+        val_per_identity=4,
+        unseen=1,
+        image_size=32,
+        seed=0,
+    )
 
 
 # enough steps for the compact network to learn the generated identities' geometry
@@ -65,24 +85,55 @@ def test_train_eval_embed_identify(tree, trained, tmp_path):
     # test_an_untrained_network_is_far_from_perfect)
     assert final["val_knn1_acc"] >= 0.7
     assert final["val_roc_auc"] >= 0.75
-    for key in ("val_knn5_acc", "val_softmax_acc", "val_nearest_center_acc",
-                "val_tar@far=0.001", "val_best_accuracy", "val_best_threshold"):
+    for key in (
+        "val_knn5_acc",
+        "val_softmax_acc",
+        "val_nearest_center_acc",
+        "val_tar@far=0.001",
+        "val_best_accuracy",
+        "val_best_threshold",
+    ):
         assert key in final
-    assert final["val_pairs_same"] == 6 * 6 + 6       # C(4,2) per identity, 7 identities
+    assert final["val_pairs_same"] == 6 * 6 + 6  # C(4,2) per identity, 7 identities
     assert json.loads((out / "metrics.json").read_text())["final"] == final
 
     # eval reproduces the last evaluation of training
-    ev = faces.main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--input-dir",
-                     str(tree), "--out", str(tmp_path), "--workers", "0", "--device", "cpu"])
+    ev = faces.main(
+        [
+            "eval",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--input-dir",
+            str(tree),
+            "--out",
+            str(tmp_path),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     assert ev["val_knn1_acc"] == pytest.approx(final["val_knn1_acc"])
     assert ev["val_roc_auc"] == pytest.approx(final["val_roc_auc"], abs=1e-6)
     assert (tmp_path / "eval_metrics.json").is_file() and (tmp_path / "eval_roc.png").is_file()
 
     # embed the training identities as the gallery, in both formats
     for name in ("gallery.npz", "gallery.pt"):
-        faces.main(["embed", "--checkpoint", str(out / "checkpoint.pt"), "--images",
-                    str(tree / "train"), "--out", str(tmp_path / name), "--workers", "0",
-                    "--device", "cpu"])
+        faces.main(
+            [
+                "embed",
+                "--checkpoint",
+                str(out / "checkpoint.pt"),
+                "--images",
+                str(tree / "train"),
+                "--out",
+                str(tmp_path / name),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
     feats, paths, labels, meta = load_embeddings(tmp_path / "gallery.npz")
     feats_pt, paths_pt, labels_pt, _ = load_embeddings(tmp_path / "gallery.pt")
     assert feats.shape == (72, 32) and meta["feature_dim"] == 32
@@ -94,18 +145,47 @@ def test_train_eval_embed_identify(tree, trained, tmp_path):
 
     # identify val/ images of known identities
     queries = [str(tree / "val" / f"id_{i:03d}") for i in range(6)]
-    results = faces.main(["identify", "--checkpoint", str(out / "checkpoint.pt"),
-                          "--gallery", str(tmp_path / "gallery.npz"), "--query", *queries,
-                          "--top-k", "3", "--workers", "0", "--device", "cpu", "--json"])
+    results = faces.main(
+        [
+            "identify",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--gallery",
+            str(tmp_path / "gallery.npz"),
+            "--query",
+            *queries,
+            "--top-k",
+            "3",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert len(results) == 24 and all(len(r["matches"]) == 3 for r in results)
     right = [r["identity"] == r["query"].split("/")[-2] for r in results]
     assert np.mean(right) >= 0.7
     scores = [m["score"] for m in results[0]["matches"]]
     assert scores == sorted(scores, reverse=True) and -1 <= scores[-1] <= scores[0] <= 1
     # a threshold above every score makes the answer "unknown"
-    unknown = faces.main(["identify", "--checkpoint", str(out / "checkpoint.pt"),
-                          "--gallery", str(tmp_path / "gallery.pt"), "--query", queries[0],
-                          "--threshold", "1.01", "--workers", "0", "--device", "cpu"])
+    unknown = faces.main(
+        [
+            "identify",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--gallery",
+            str(tmp_path / "gallery.pt"),
+            "--query",
+            queries[0],
+            "--threshold",
+            "1.01",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     assert all(r["identity"] is None for r in unknown)
 
 
@@ -122,8 +202,12 @@ def test_an_untrained_network_is_far_from_perfect(tree, trained):
 
     torch.manual_seed(0)
     model = FaceNet(6, 32, "compact", 32, 0.2).eval()
-    untrained, _ = evaluate(model, CenterLoss(6, 32), load_face_folders(tree),
-                            Extraction(32, torch.device("cpu"), None, 16, 0))
+    untrained, _ = evaluate(
+        model,
+        CenterLoss(6, 32),
+        load_face_folders(tree),
+        Extraction(32, torch.device("cpu"), None, 16, 0),
+    )
     final = trained[1]["final"]
     assert untrained["val_knn1_acc"] <= 0.6
     assert final["val_knn1_acc"] >= untrained["val_knn1_acc"] + 0.25
@@ -134,15 +218,34 @@ def test_open_set_measures_need_two_unseen_identities(tree, trained, tmp_path):
     """Two identities only in val/ get measures of their own (val_unseen_*: verification
     on their pairs alone, 1-NN against each one's first image); the tree's one does not."""
     out, result = trained
-    assert [k for k in result["final"] if k.startswith("val_unseen_")] == \
-        ["val_unseen_identities"]
+    assert [k for k in result["final"] if k.startswith("val_unseen_")] == ["val_unseen_identities"]
     # the same seed and counts draw the same first 7 identities, then one more unseen
-    two = make_synthetic_faces(tmp_path / "two", identities=6, train_per_identity=12,
-                               val_per_identity=4, unseen=2, image_size=32, seed=0)
-    ev = faces.main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--input-dir",
-                     str(two), "--out", str(tmp_path), "--workers", "0", "--device", "cpu"])
+    two = make_synthetic_faces(
+        tmp_path / "two",
+        identities=6,
+        train_per_identity=12,
+        val_per_identity=4,
+        unseen=2,
+        image_size=32,
+        seed=0,
+    )
+    ev = faces.main(
+        [
+            "eval",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--input-dir",
+            str(two),
+            "--out",
+            str(tmp_path),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     assert ev["unseen_val_identities"] == ["id_006", "id_007"]
-    assert ev["val_pairs_same"] == 8 * 6                 # all of val/, as before
+    assert ev["val_pairs_same"] == 8 * 6  # all of val/, as before
     assert ev["val_unseen_pairs_same"] == 2 * 6 and ev["val_unseen_pairs_different"] == 16
     assert ev["val_unseen_gallery"] == 2 and ev["val_unseen_probes"] == 6
     assert 0.0 <= ev["val_unseen_1nn_acc"] <= 1.0 and 0.0 <= ev["val_unseen_roc_auc"] <= 1.0
@@ -153,15 +256,25 @@ def test_unseen_metrics_on_hand_made_features():
     from centerloss_ext.train.faces.evaluate import unseen_metrics
 
     e = torch.eye(3)
-    feats = torch.stack([e[0], 2 * e[0], e[0] + 0.1 * e[1],      # identity 7
-                         e[1], 3 * e[1], 1.5 * e[0],             # 8: its last looks like 7
-                         e[2], e[2] + 0.1 * e[0], 2 * e[2]])     # 9
+    feats = torch.stack(
+        [
+            e[0],
+            2 * e[0],
+            e[0] + 0.1 * e[1],  # identity 7
+            e[1],
+            3 * e[1],
+            1.5 * e[0],  # 8: its last looks like 7
+            e[2],
+            e[2] + 0.1 * e[0],
+            2 * e[2],
+        ]
+    )  # 9
     labels = torch.tensor([7, 7, 7, 8, 8, 8, 9, 9, 9])
     m = unseen_metrics(feats, labels)
     assert m["val_unseen_gallery"] == 3 and m["val_unseen_probes"] == 6
-    assert m["val_unseen_1nn_acc"] == pytest.approx(5 / 6)     # 1.5·e0 is named 7
+    assert m["val_unseen_1nn_acc"] == pytest.approx(5 / 6)  # 1.5·e0 is named 7
     assert m["val_unseen_pairs_same"] == 9 and m["val_unseen_pairs_different"] == 27
-    assert 0.5 < m["val_unseen_roc_auc"] < 1.0                 # that image's pairs cost
+    assert 0.5 < m["val_unseen_roc_auc"] < 1.0  # that image's pairs cost
 
 
 def test_identify_answers_unknown_at_a_false_accept_rate(tree, trained, tmp_path, capsys):
@@ -183,32 +296,68 @@ def test_identify_answers_unknown_at_a_false_accept_rate(tree, trained, tmp_path
     names, templates = identity_templates(feats, labels)
     owner = torch.tensor([names.index(n) for n in labels])
     impostor = (torch.nn.functional.normalize(feats) @ templates.T)[
-        owner[:, None] != torch.arange(5)]
+        owner[:, None] != torch.arange(5)
+    ]
     for far in (1e-3, 0.05, 0.2):
         threshold, trials = far_threshold(feats, labels, names, templates, far)
         assert trials == len(impostor) == 60 * 4
         assert int((impostor >= threshold).sum()) <= far * trials
         lower = torch.nextafter(torch.tensor(threshold), torch.tensor(-2.0))
-        assert int((impostor >= lower).sum()) > far * trials        # the lowest such
+        assert int((impostor >= lower).sum()) > far * trials  # the lowest such
     query = ["--query", str(tree / "val" / "id_005")]
     named = faces.main(["identify", "--checkpoint", ckpt, "--gallery", gallery, *query, *run])
-    assert all(r["identity"] is not None for r in named)     # no threshold: always a name
+    assert all(r["identity"] is not None for r in named)  # no threshold: always a name
     capsys.readouterr()
-    unseen = faces.main(["identify", "--checkpoint", ckpt, "--gallery", gallery, *query,
-                         "--far", "1e-3", "--json", *run])
+    unseen = faces.main(
+        [
+            "identify",
+            "--checkpoint",
+            ckpt,
+            "--gallery",
+            gallery,
+            *query,
+            "--far",
+            "1e-3",
+            "--json",
+            *run,
+        ]
+    )
     printed = capsys.readouterr()
     assert "--far 0.001: threshold" in printed.err
     assert json.loads(printed.out)[0]["threshold"] == unseen[0]["threshold"]
     assert all(r["identity"] is None for r in unseen)
-    known = faces.main(["identify", "--checkpoint", ckpt, "--gallery", gallery, "--query",
-                        *[str(tree / "val" / f"id_{i:03d}") for i in range(5)],
-                        "--far", "1e-3", *run])
+    known = faces.main(
+        [
+            "identify",
+            "--checkpoint",
+            ckpt,
+            "--gallery",
+            gallery,
+            "--query",
+            *[str(tree / "val" / f"id_{i:03d}") for i in range(5)],
+            "--far",
+            "1e-3",
+            *run,
+        ]
+    )
     answered = [r for r in known if r["identity"] is not None]
-    assert len(answered) >= 15                                  # of 20
+    assert len(answered) >= 15  # of 20
     assert np.mean([r["identity"] == r["query"].split("/")[-2] for r in answered]) >= 0.8
-    with pytest.raises(SystemExit) as e:                        # one or the other
-        faces.main(["identify", "--checkpoint", ckpt, "--gallery", gallery, *query,
-                    "--far", "1e-3", "--threshold", "0.5"])
+    with pytest.raises(SystemExit) as e:  # one or the other
+        faces.main(
+            [
+                "identify",
+                "--checkpoint",
+                ckpt,
+                "--gallery",
+                gallery,
+                *query,
+                "--far",
+                "1e-3",
+                "--threshold",
+                "0.5",
+            ]
+        )
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
@@ -218,12 +367,12 @@ def test_resume_after_an_interruption_matches_a_straight_run(tree, tmp_path, mon
     real = faces_train.train_one_epoch
 
     def interrupted(run, epoch):
-        if epoch == 1:                                 # the second epoch
+        if epoch == 1:  # the second epoch
             raise KeyboardInterrupt
         return real(run, epoch)
 
     monkeypatch.setattr(faces_train, "train_one_epoch", interrupted)
-    with pytest.raises(SystemExit) as e:                 # Ctrl-C: one line, status 130
+    with pytest.raises(SystemExit) as e:  # Ctrl-C: one line, status 130
         faces.main(["train", "--out", str(tmp_path / "b"), *args])
     assert e.value.code == 130
     monkeypatch.setattr(faces_train, "train_one_epoch", real)
@@ -233,8 +382,9 @@ def test_resume_after_an_interruption_matches_a_straight_run(tree, tmp_path, mon
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a["center_loss"]["centers"], b["center_loss"]["centers"],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        a["center_loss"]["centers"], b["center_loss"]["centers"], rtol=1e-5, atol=1e-6
+    )
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
 
 
@@ -253,7 +403,7 @@ def test_one_host_read_back_per_log_interval(tree, tmp_path, monkeypatch):
         def counted(self, *a, _real=real, **k):
             if not state["on"]:
                 return _real(self, *a, **k)
-            state["on"] = False                     # nested calls are the same read-back
+            state["on"] = False  # nested calls are the same read-back
             state["count"] += 1
             try:
                 return _real(self, *a, **k)
@@ -296,21 +446,37 @@ def test_one_host_read_back_per_log_interval(tree, tmp_path, monkeypatch):
 
     monkeypatch.setattr(faces_train, "train_one_epoch", counted_epoch)
     opts = faces_train.TrainOptions(
-        input_dir=str(tree), out=str(tmp_path), epochs=2, eval_every=2, arch="compact",
-        image_size=32, feature_dim=32, batch_size=8, workers=0, no_progress=True,
-        device="cpu", log_every=2)
+        input_dir=str(tree),
+        out=str(tmp_path),
+        epochs=2,
+        eval_every=2,
+        arch="compact",
+        image_size=32,
+        feature_dim=32,
+        batch_size=8,
+        workers=0,
+        no_progress=True,
+        device="cpu",
+        log_every=2,
+    )
     result = faces_train.train(opts)
-    assert steps == [9, 9]                             # 72 images, batches of 8
-    assert per_epoch == [5, 5]                         # after steps 2, 4, 6, 8 and 9
+    assert steps == [9, 9]  # 72 images, batches of 8
+    assert per_epoch == [5, 5]  # after steps 2, 4, 6, 8 and 9
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert "log_every" not in result["config"]
 
 
 def test_val_uses_train_mapping(tmp_path):
-    root = make_synthetic_faces(tmp_path, identities=3, train_per_identity=2,
-                                val_per_identity=2, unseen=1, image_size=16,
-                                names=["alice", "bob", "carol", "zed"])
-    shutil.rmtree(root / "val" / "alice")            # val/ lacks train's first identity
+    root = make_synthetic_faces(
+        tmp_path,
+        identities=3,
+        train_per_identity=2,
+        val_per_identity=2,
+        unseen=1,
+        image_size=16,
+        names=["alice", "bob", "carol", "zed"],
+    )
+    shutil.rmtree(root / "val" / "alice")  # val/ lacks train's first identity
     folders = load_face_folders(root)
     assert folders.train.class_to_idx == {"alice": 0, "bob": 1, "carol": 2}
     assert folders.val.class_to_idx == {"bob": 1, "carol": 2, "zed": 3}
@@ -321,14 +487,24 @@ def test_val_uses_train_mapping(tmp_path):
 
 def test_split_by_image_with_unseen_identities(tree, tmp_path):
     # one folder per identity (train/ of the tree: 6 identities x 12 images)
-    counts = faces.main(["split", "--source", str(tree / "train"), "--out",
-                         str(tmp_path / "split"), "--val-fraction", "0.25",
-                         "--unseen-identities", "1"])
+    counts = faces.main(
+        [
+            "split",
+            "--source",
+            str(tree / "train"),
+            "--out",
+            str(tmp_path / "split"),
+            "--val-fraction",
+            "0.25",
+            "--unseen-identities",
+            "1",
+        ]
+    )
     assert counts == {"train_images": 45, "val_images": 27, "unseen_identities": 1}
     folders = load_face_folders(tmp_path / "split")
     assert folders.num_classes == 5 and len(folders.val.unseen) == 1
     assert len(folders.val.samples) == 27 and (folders.val.samples[0][0]).is_symlink()
-    with pytest.raises(SystemExit):                     # refuses to overwrite
+    with pytest.raises(SystemExit):  # refuses to overwrite
         faces.main(["split", "--source", str(tree / "train"), "--out", str(tmp_path / "split")])
 
 
@@ -338,19 +514,38 @@ def test_malformed_folders_are_refused(tree, tmp_path, capsys):
     shutil.rmtree(root / "val")
     assert "val is missing" in _error(capsys, base + ["--input-dir", str(root)])
 
-    root = make_synthetic_faces(tmp_path / "stray", identities=2, train_per_identity=2,
-                                val_per_identity=1, unseen=0, image_size=16)
+    root = make_synthetic_faces(
+        tmp_path / "stray",
+        identities=2,
+        train_per_identity=2,
+        val_per_identity=1,
+        unseen=0,
+        image_size=16,
+    )
     shutil.copy(root / "train" / "id_000" / "id_000_000.png", root / "train" / "loose.png")
     assert "holds image files directly (loose.png)" in _error(
-        capsys, base + ["--input-dir", str(root)])
+        capsys, base + ["--input-dir", str(root)]
+    )
 
-    root = make_synthetic_faces(tmp_path / "empty", identities=2, train_per_identity=2,
-                                val_per_identity=1, unseen=0, image_size=16)
+    root = make_synthetic_faces(
+        tmp_path / "empty",
+        identities=2,
+        train_per_identity=2,
+        val_per_identity=1,
+        unseen=0,
+        image_size=16,
+    )
     (root / "train" / "nobody").mkdir()
     assert "without images: nobody" in _error(capsys, base + ["--input-dir", str(root)])
 
-    root = make_synthetic_faces(tmp_path / "one", identities=1, train_per_identity=2,
-                                val_per_identity=1, unseen=0, image_size=16)
+    root = make_synthetic_faces(
+        tmp_path / "one",
+        identities=1,
+        train_per_identity=2,
+        val_per_identity=1,
+        unseen=0,
+        image_size=16,
+    )
     assert "at least 2" in _error(capsys, base + ["--input-dir", str(root)])
 
     with pytest.raises(DataError, match="no identity subfolders"):
@@ -360,22 +555,38 @@ def test_malformed_folders_are_refused(tree, tmp_path, capsys):
 
 
 def test_num_classes_must_match_the_folders(tree, tmp_path, capsys):
-    err = _error(capsys, ["train", "--input-dir", str(tree), "--out", str(tmp_path),
-                          "--num-classes", "5", *FAST])
+    err = _error(
+        capsys,
+        ["train", "--input-dir", str(tree), "--out", str(tmp_path), "--num-classes", "5", *FAST],
+    )
     assert "--num-classes 5 but" in err and "holds 6 identities" in err
     assert load_face_folders(tree, num_classes=6).num_classes == 6
 
 
 def test_non_finite_loss_stops_the_run(tree, tmp_path, capsys):
-    err = _error(capsys, ["train", "--input-dir", str(tree), "--out", str(tmp_path),
-                          "--epochs", "1", "--center-loss-weight", "1e38", *FAST])
+    err = _error(
+        capsys,
+        [
+            "train",
+            "--input-dir",
+            str(tree),
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--center-loss-weight",
+            "1e38",
+            *FAST,
+        ],
+    )
     assert "the loss became inf at epoch 1, step 1" in err
     assert "training stopped" in err
 
 
-@pytest.mark.parametrize("arch,size,flat", [("resnet18", 112, 512 * 7 * 7),
-                                            ("resnet18", 64, 512 * 8 * 8),
-                                            ("compact", 32, 256 * 2 * 2)])
+@pytest.mark.parametrize(
+    "arch,size,flat",
+    [("resnet18", 112, 512 * 7 * 7), ("resnet18", 64, 512 * 8 * 8), ("compact", 32, 256 * 2 * 2)],
+)
 def test_face_backbones(arch, size, flat):
     model = FaceNet(num_classes=4, feature_dim=16, arch=arch, image_size=size).eval()
     assert model.embedding[3].in_features == flat
@@ -395,23 +606,42 @@ def test_train_under_torchrun_two_ranks(tree, tmp_path):
     import sys
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", "-m", "centerloss_ext.train.faces", "train", "--input-dir", str(tree),
-           "--out", str(out), "--epochs", "2", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "centerloss_ext.train.faces",
+        "train",
+        "--input-dir",
+        str(tree),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        *FAST,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("epoch 2/2") == 1          # rank 0 logs, once
+    assert run.stdout.count("epoch 2/2") == 1  # rank 0 logs, once
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["environment"]["world_size"] == 2
-    assert 0.0 <= metrics["final"]["val_knn1_acc"] <= 1.0     # 2 epochs: mechanics, not accuracy
+    assert 0.0 <= metrics["final"]["val_knn1_acc"] <= 1.0  # 2 epochs: mechanics, not accuracy
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["config"]["world_size"] == 2 and ckpt["epoch"] == 2
 
-    resumed = subprocess.run(cmd[:-len(FAST) - 2] + ["--epochs", "3", *FAST, "--resume"],
-                             capture_output=True, text=True, env=env, timeout=300)
+    resumed = subprocess.run(
+        cmd[: -len(FAST) - 2] + ["--epochs", "3", *FAST, "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert resumed.returncode != 0 and "--epochs 2" in resumed.stderr  # a changed run refused
-    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env,
-                           timeout=300)
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout
