@@ -51,7 +51,11 @@ def rewrite(text: str, name: str) -> str:
         if m.start() < pos:
             continue
         start = _kernel_start(text, m.start())
-        kernel = text[start : m.start()].strip()
+        raw_kernel = text[start : m.start()]
+        kernel = raw_kernel.strip()
+        # a kernel name on the line above its <<< (as clang-format may break it): keep
+        # the line break, inside the call, so that every later line keeps its number
+        breaks = "\n" * raw_kernel.count("\n")
         close = text.index(">>>", m.end())
         config = text[m.end() : close]
         p = close + 3
@@ -65,7 +69,7 @@ def rewrite(text: str, name: str) -> str:
         sep = ", " if args.strip() else ""
         out.append(text[pos:start])
         out.append(
-            f'::simt::launch(::simt::LaunchConfig({config}), "{label}", '
+            f'::simt::launch({breaks}::simt::LaunchConfig({config}), "{label}", '
             f"[](const auto&... simt_a) {{ {kernel}(simt_a...); }}{sep}{args})"
         )
         pos = args_end + 1
