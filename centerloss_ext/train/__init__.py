@@ -5,7 +5,7 @@
         accuracy; `make demo` runs it.
     python -m centerloss_ext.train.faces   (console: centerloss-faces)   face
         identification/verification on an ImageFolder tree: train, eval, embed, identify,
-        split.
+        verify (LFW pairs.txt, insightface .bin), split.
     python -m centerloss_ext.train.openset (console: centerloss-openset) softmax only vs
         center loss on Fashion-MNIST classes held out of training (`make openset`).
 
@@ -39,10 +39,14 @@ training step.
       cli         the command line
     faces/        centerloss-faces
       data        identity folders (val/ uses train/'s labels), images, loaders
-      model       FaceNet, Runtime (device, batch, workers, amp), checkpoint loading
+      model       FaceNet and its heads (softmax, CosFace, ArcFace), Runtime (device,
+                  batch, workers, amp), checkpoint loading, --init's backbone start
       train       `train`: TrainOptions, train_one_epoch, train()
       evaluate    `eval` and the val/ evaluation: EvalOptions, evaluate(), eval_checkpoint()
       enroll      `embed` / `identify`: embeddings files, templates
+      pairs       verification sets: pairs.txt and .bin readers (a pickle that runs
+                  nothing), the pairs' images, train --verify's NAME=FILE[:IMAGES]
+      verify      `verify` and train --verify: scores, the 10-fold protocol, scores.csv
       split       `split`: split_identity_folder
       synthetic   a tiny generated face-like ImageFolder for tests and smoke runs
       cli         the command line, nothing else

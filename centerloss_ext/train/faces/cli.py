@@ -4,6 +4,8 @@
     centerloss-faces eval     --checkpoint runs/faces/checkpoint.pt --input-dir DIR
     centerloss-faces embed    --checkpoint CKPT --images FOLDER --out gallery.npz
     centerloss-faces identify --checkpoint CKPT --gallery gallery.npz --query face.jpg
+    centerloss-faces verify   --checkpoint CKPT --pairs lfw.bin --out runs/lfw
+    centerloss-faces verify   --checkpoint CKPT --pairs pairs.txt --images lfw/ --out runs/lfw
     centerloss-faces split    --source ALL --out DIR     # ALL/<identity>/ -> DIR/{train,val}
 
 DIR/train and DIR/val hold one folder per identity (torchvision's ImageFolder layout).
@@ -14,6 +16,13 @@ similarity of L2-normalised features: ROC AUC, TAR at FAR=1e-3, best-threshold
 accuracy), with a ROC plot. Two or more identities only in val/ get open-set measures of
 their own (val_unseen_*: verification on their pairs alone, 1-NN against their first
 images).
+
+`verify` scores a standard verification set as the literature does: LFW's pairs.txt
+(with --images, the folder of its name folders) or an insightface .bin (lfw.bin,
+cfp_fp.bin, agedb_30.bin, ...), 10-fold accuracy with each fold's threshold chosen on the
+other nine; `train --verify NAME=FILE` scores such sets at each evaluation. `train
+--head cosface|arcface` trains with a margin head (center loss on top unless --lambda 0);
+`train --init FILE` starts the backbone from an earlier run or a ResNet-18 state dict.
 
 Run with `python -m centerloss_ext.train.faces` too. `--help` after a command lists its
 options.
@@ -44,9 +53,10 @@ from ..core.cli import (
 )
 from .enroll import embed_folder, identify, print_identities
 from .evaluate import EvalOptions, eval_checkpoint
-from .model import FACE_ARCHS, PROG, Runtime
+from .model import DEFAULT_MARGIN, FACE_ARCHS, HEADS, PROG, Runtime
 from .split import split_identity_folder
 from .train import TrainOptions, train
+from .verify import VerifyInputs, verify_checkpoint
 
 T, R, E = TrainOptions, Runtime, EvalOptions  # the defaults live in the jobs' options
 
@@ -124,6 +134,40 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         type=bounded(float, 0, 1, high_open=True),
         default=T.dropout,
         help="before the embedding layer",
+    )
+    t.add_argument(
+        "--head",
+        choices=HEADS,
+        default=T.head,
+        help="softmax: a linear classifier (the paper's); cosface / arcface: the scaled "
+        "cosine with an additive cosine / angular margin for the true class",
+    )
+    t.add_argument(
+        "--margin",
+        type=non_negative_float,
+        default=None,
+        help=f"the margin head's m (default: cosface {DEFAULT_MARGIN['cosface']}, "
+        f"arcface {DEFAULT_MARGIN['arcface']})",
+    )
+    t.add_argument(
+        "--scale", type=positive_float, default=T.scale, help="the margin head's scale s"
+    )
+    t.add_argument(
+        "--init",
+        default=None,
+        metavar="FILE",
+        help="start the backbone from an earlier run's checkpoint.pt (any identities; same "
+        "--arch, --feature-dim, --image-size) or a torchvision ResNet-18 state dict "
+        "(--arch resnet18: its layers, not its 7x7 stem); head and centers start new",
+    )
+    t.add_argument(
+        "--verify",
+        action="append",
+        default=[],
+        metavar="NAME=FILE[:IMAGES]",
+        help="a verification set scored at each evaluation (10-fold accuracy, TAR@FAR in "
+        "metrics.json and curves.png): an insightface .bin, or a pairs.txt and the folder "
+        "of its images after a colon; repeatable",
     )
     t.add_argument(
         "--no-augment",
@@ -251,6 +295,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     q.add_argument("--json", action="store_true", help="print the results as JSON")
     _common_runtime(q)
 
+    v = command("verify", "10-fold verification on a pairs.txt or an insightface .bin")
+    v.add_argument("--checkpoint", required=True)
+    v.add_argument(
+        "--pairs",
+        required=True,
+        metavar="FILE",
+        help="LFW's pairs.txt (with --images) or a .bin (lfw.bin, cfp_fp.bin, agedb_30.bin)",
+    )
+    v.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="a pairs.txt's images: DIR/<name>/<name>_<i:04d>.jpg (or .jpeg, .png)",
+    )
+    v.add_argument("--out", required=True, help="where scores.csv, metrics.json, roc.png go")
+    v.add_argument(
+        "--flip",
+        action="store_true",
+        help="add the embedding of the horizontally flipped image before normalising",
+    )
+    _common_runtime(v)
+
     s = command("split", "split one folder per identity into train/ and val/ (by image)")
     s.add_argument("--source", required=True, help="folder with one subfolder per identity")
     s.add_argument("--out", required=True, help="where train/ and val/ are made")
@@ -289,6 +355,12 @@ def run(args: argparse.Namespace) -> Any:
             args.out,
             _runtime(args),
             EvalOptions(args.gallery_per_class, args.max_pairs, args.seed),
+        )
+    if args.command == "verify":
+        return verify_checkpoint(
+            VerifyInputs(args.checkpoint, args.pairs, args.images, args.flip),
+            args.out,
+            _runtime(args),
         )
     if args.command == "embed":
         return embed_folder(args.checkpoint, args.images, args.out, _runtime(args))

@@ -2,11 +2,14 @@
 jobs build it, their mixed-precision choice, and loading a `train` checkpoint.
 
 FaceNet returns ``(features, logits)`` from ``forward`` and has ``embed(x)``; the
-classifier is a bias-free linear layer on the features, as in the paper.
+classifier (FaceHead) is a bias-free linear layer on the features, as in the paper
+(``softmax``), or a CosFace / ArcFace head: the scaled cosine of the features and the
+class weights, with the class margin added in training (``FaceHead.with_margin``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,10 @@ from ..core.runtime import resolve_device
 PROG = "centerloss-faces"
 CHECKPOINT_KIND = "centerloss_ext.faces"
 FACE_ARCHS = ("resnet18", "compact")
-MODEL_KEYS = ("arch", "feature_dim", "image_size", "dropout")
+MODEL_KEYS = ("arch", "feature_dim", "image_size", "dropout", "head", "margin", "scale")
+HEADS = ("softmax", "cosface", "arcface")
+DEFAULT_MARGIN = {"softmax": 0.0, "cosface": 0.35, "arcface": 0.5}
+DEFAULT_SCALE = 64.0
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 
@@ -61,6 +67,66 @@ def _compact_trunk() -> nn.Module:
     return nn.Sequential(*layers)
 
 
+class FaceHead(nn.Linear):
+    """The identity classifier: a bias-free linear layer (its ``weight``, one row per
+    identity, is ``classifier.weight`` in every checkpoint, whatever the head).
+
+    - ``softmax``: logits = W f.
+    - ``cosface`` (Wang et al. 2018): logits = s cos θ_j, and in training
+      s (cos θ_y − m) for the true class.
+    - ``arcface`` (Deng et al. 2019): logits = s cos θ_j, and in training s cos(θ_y + m)
+      for the true class where θ_y + m ≤ π (cos θ_y > cos(π − m)); beyond, where cos(θ + m)
+      would no longer fall with θ, s (cos θ_y − m sin m) instead (the paper's and
+      insightface's threshold handling, not its easy margin).
+
+    θ_j is the angle between the features and class j's weight. ``forward`` gives the
+    logits without the margin (what prediction and accuracy use); the loss takes
+    ``with_margin(logits, labels)``.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        kind: str = "softmax",
+        margin: float = 0.0,
+        scale: float = DEFAULT_SCALE,
+    ) -> None:
+        super().__init__(feature_dim, num_classes, bias=False)
+        if kind not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}; got {kind!r}")
+        self.kind, self.margin, self.scale = kind, float(margin), float(scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.kind == "softmax":
+            return super().forward(features)
+        with torch.autocast(features.device.type, enabled=False):  # cosines in float32
+            cosine = nn.functional.linear(
+                nn.functional.normalize(features.float(), dim=1),
+                nn.functional.normalize(self.weight.float(), dim=1),
+            )
+        return self.scale * cosine
+
+    def with_margin(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training logits (float32): ``logits`` (from forward) with the true class's
+        margin."""
+        logits = logits.float()
+        if self.kind == "softmax" or self.margin == 0:
+            return logits
+        target = logits.gather(1, labels[:, None]) / self.scale  # cos θ_y
+        if self.kind == "cosface":
+            changed = target - self.margin
+        else:
+            m = self.margin
+            sine = (1.0 - target.pow(2)).clamp(min=0.0).sqrt()
+            changed = torch.where(
+                target > math.cos(math.pi - m),
+                target * math.cos(m) - sine * math.sin(m),  # cos(θ + m)
+                target - math.sin(math.pi - m) * m,
+            )
+        return logits.scatter(1, labels[:, None], self.scale * changed)
+
+
 class FaceNet(nn.Module):
     """A face embedder and its identity classifier.
 
@@ -78,6 +144,9 @@ class FaceNet(nn.Module):
         arch: str = "resnet18",
         image_size: int = 112,
         dropout: float = 0.2,
+        head: str = "softmax",
+        margin: float = 0.0,
+        scale: float = DEFAULT_SCALE,
     ) -> None:
         super().__init__()
         if arch not in FACE_ARCHS:
@@ -93,7 +162,7 @@ class FaceNet(nn.Module):
             nn.Linear(channels * height * width, feature_dim, bias=False),
             nn.BatchNorm1d(feature_dim),
         )
-        self.classifier = nn.Linear(feature_dim, num_classes, bias=False)
+        self.classifier = FaceHead(feature_dim, num_classes, head, margin, scale)
 
     @torch.no_grad()
     def _trunk_output_shape(self, image_size: int) -> Tuple[int, int, int]:
@@ -138,13 +207,17 @@ def amp_dtype(choice: str, device: torch.device) -> Optional[torch.dtype]:
 
 
 def build_model(model_config: Dict[str, Any], num_classes: int, device: torch.device) -> FaceNet:
-    """FaceNet from the MODEL_KEYS of a run, on ``device`` in channels-last layout."""
+    """FaceNet from the MODEL_KEYS of a run, on ``device`` in channels-last layout (a
+    checkpoint from before the margin heads has a softmax head)."""
     model = FaceNet(
         num_classes,
         model_config["feature_dim"],
         model_config["arch"],
         model_config["image_size"],
         model_config["dropout"],
+        model_config.get("head") or "softmax",
+        model_config.get("margin") or 0.0,
+        model_config.get("scale") or DEFAULT_SCALE,
     )
     return model.to(device).to(memory_format=torch.channels_last)
 
@@ -166,3 +239,72 @@ def load_face_model(path: Path, device: torch.device) -> Tuple[FaceNet, CenterLo
     center_loss.load_state_dict(ckpt["center_loss"])
     center_loss.eval()
     return model, center_loss, ckpt
+
+
+def _torchvision_resnet18_keys(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A torchvision ResNet-18 state dict under FaceNet's trunk names: bn1 -> trunk.1,
+    layer1..4 -> trunk.3..6. Its 7×7 stem convolution (``conv1``) does not fit the 3×3 face
+    stem and ``fc`` is ImageNet's classifier: both are left out (the stem starts new)."""
+    renamed = {}
+    for key, value in state.items():
+        if key == "conv1.weight" or key.startswith("fc."):
+            continue
+        head, _, rest = key.partition(".")
+        if head == "bn1":
+            renamed[f"trunk.1.{rest}"] = value
+        elif head in ("layer1", "layer2", "layer3", "layer4"):
+            renamed[f"trunk.{int(head[-1]) + 2}.{rest}"] = value
+        else:
+            renamed[key] = value  # unexpected: named in the error
+    return renamed
+
+
+def init_backbone(model: FaceNet, path: Path, arch: str) -> str:
+    """Loads the backbone (trunk and embedding) of ``model`` from ``path``: a `train`
+    checkpoint (any number of identities; same --arch, --feature-dim and --image-size) or a
+    torchvision ResNet-18 state dict (--arch resnet18; the trunk only, less its stem). The
+    head and the centers stay new. A file that does not fit is a TrainingError naming the
+    missing, unexpected or differently shaped keys. Returns what was loaded, in words."""
+    state = load_checkpoint(path, map_location="cpu", flag="--init", required=())
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    if isinstance(state, dict) and state.get("kind") == CHECKPOINT_KIND:
+        source = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
+        what = f"the backbone of {path} (trunk and embedding)"
+    elif isinstance(state, dict) and "layer1.0.conv1.weight" in state:
+        if arch != "resnet18":
+            raise TrainingError(f"--init {path}: a ResNet-18 state dict needs --arch resnet18")
+        source = _torchvision_resnet18_keys(state)
+        own = {k: v for k, v in own.items() if k.startswith("trunk.") and k != "trunk.0.weight"}
+        what = f"ResNet-18 layers of {path} (bn1, layer1-4; the stem and embedding start new)"
+    else:
+        raise TrainingError(
+            f"--init {path}: neither a checkpoint of `{PROG} train` nor a torchvision "
+            "ResNet-18 state dict"
+        )
+    missing = sorted(set(own) - set(source))
+    unexpected = sorted(set(source) - set(own))
+    shapes = [
+        f"{k} {tuple(source[k].shape)} (model: {tuple(own[k].shape)})"
+        for k in sorted(set(own) & set(source))
+        if tuple(source[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+
+        def few(keys: list) -> str:
+            return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+        parts = [
+            f"{label}: {few(keys)}"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("other shapes", shapes),
+            )
+            if keys
+        ]
+        raise TrainingError(
+            f"--init {path} does not fit this --arch/--feature-dim/--image-size backbone "
+            f"({'; '.join(parts)})"
+        )
+    model.load_state_dict(source, strict=False)
+    return what

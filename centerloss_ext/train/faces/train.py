@@ -1,5 +1,7 @@
-"""`centerloss-faces train`: softmax + λ·center loss on ``DIR/train``, evaluated on
-``DIR/val``, one checkpoint and metrics.json per epoch (``resume`` continues exactly).
+"""`centerloss-faces train`: softmax (or a CosFace / ArcFace head) + λ·center loss on
+``DIR/train``, evaluated on ``DIR/val`` and on the ``--verify`` sets (pairs.txt / .bin,
+the 10-fold protocol), one checkpoint and metrics.json per epoch (``resume`` continues
+exactly); ``--init`` starts the backbone from an earlier run or a ResNet-18 state dict.
 Under torchrun every rank trains on its share of train/ (DDP for the model, CenterLoss
 syncing the centers); rank 0 logs, evaluates and saves.
 
@@ -10,9 +12,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,19 +25,25 @@ from ... import CenterLoss
 from ..._machine import environment
 from ..core import ddp, loop, plots
 from ..core.cli import is_interrupt
+from ..core.errors import TrainingError
 from ..core.files import check_output_folder, output_folder, save_checkpoint, write_json
 from ..core.runtime import seed_everything
 from .data import FaceFolders, ImageListDataset, face_transforms, load_face_folders, make_loader
 from .evaluate import EvalOptions, Extraction, evaluate, summary
 from .model import (
     CHECKPOINT_KIND,
+    DEFAULT_MARGIN,
+    DEFAULT_SCALE,
     DEFAULT_WORKERS,
     MODEL_KEYS,
     PROG,
     FaceNet,
     amp_dtype,
     build_model,
+    init_backbone,
 )
+from .pairs import PairSet, parse_named_sets, read_pair_set
+from .verify import set_metrics
 
 # options that define a run: resuming with other values would mix two runs
 RUN_KEYS = MODEL_KEYS + (
@@ -73,7 +81,7 @@ NAN_HINT = (
 class TrainOptions:
     """Everything `train` takes (the command line's options, same names). ``lr``,
     ``weight_decay`` and ``milestones`` left as None get the optimizer's and the epochs'
-    defaults."""
+    defaults; ``margin`` left as None gets the head's (CosFace 0.35, ArcFace 0.5)."""
 
     input_dir: str
     out: str = "runs/faces"
@@ -82,6 +90,11 @@ class TrainOptions:
     feature_dim: int = 512
     image_size: int = 112
     dropout: float = 0.2
+    head: str = "softmax"
+    margin: Optional[float] = None
+    scale: float = DEFAULT_SCALE
+    init: Optional[str] = None
+    verify: List[str] = field(default_factory=list)
     augment: bool = True
     epochs: int = 20
     optimizer: str = "sgd"
@@ -114,6 +127,10 @@ class TrainOptions:
             self.weight_decay = 5e-4 if self.optimizer == "sgd" else 0.05
         if self.milestones is None:
             self.milestones = [max(1, self.epochs // 2), max(1, (3 * self.epochs) // 4)]
+        if self.head == "softmax" and self.margin:
+            raise TrainingError("--margin is for --head cosface or arcface")
+        if self.margin is None:
+            self.margin = DEFAULT_MARGIN[self.head]
 
     def record(self) -> Dict[str, Any]:
         """The options as metrics.json records them (the command line's keys)."""
@@ -158,7 +175,7 @@ class Run:
     evaluated; the center loss, optimizer, per-step scheduler and gradient scaler; the
     training loader with its sampler (torchrun) and generator (order, augmentations); the
     folders; the device, autocast dtype and ranks; where the run stands; the output
-    folder."""
+    folder; the --verify sets by name."""
 
     opts: TrainOptions
     model: torch.nn.Module
@@ -176,6 +193,7 @@ class Run:
     ranks: ddp.Ranks
     progress: loop.Progress
     out: Path
+    verify_sets: List[Tuple[str, PairSet]]
 
     def extraction(self) -> Extraction:
         """How evaluation embeds the val/ and gallery images."""
@@ -221,7 +239,8 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, float]:
                 device.type, dtype=autocast or torch.float32, enabled=autocast is not None
             ):
                 features, logits = model(x)
-            softmax = F.cross_entropy(logits.float(), y)
+            # the margin heads' logits get the margin here; accuracy counts without it
+            softmax = F.cross_entropy(run.net.classifier.with_margin(logits, y), y)
             center = center_loss(features.float(), y)
             loss = softmax + opts.center_loss_weight * center
             optimizer.zero_grad(set_to_none=True)
@@ -279,6 +298,14 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
     folders = load_face_folders(
         Path(opts.input_dir), opts.num_classes, class_names=ckpt["class_names"] if ckpt else None
     )
+    verify_sets = (
+        [
+            (name, read_pair_set(Path(f), Path(i) if i else None))
+            for name, f, i in parse_named_sets(opts.verify)
+        ]
+        if ranks.main
+        else []
+    )
     unseen = folders.val.unseen
     if unseen:
         log(
@@ -310,9 +337,13 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
     net, center_loss, optimizer, scheduler = build_training(
         opts, folders.num_classes, len(loader), device
     )
+    if opts.init and ckpt is None:  # on resume the checkpoint holds the backbone
+        log(f"--init: {init_backbone(net, Path(opts.init), opts.arch)}")
     model = ddp.wrap(net, ranks, device)  # `net` is the bare model: saved, evaluated
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
     config = {k: getattr(opts, k) for k in RUN_KEYS}
+    if ckpt is not None and "head" not in ckpt["config"]:  # from before the margin heads
+        ckpt["config"].update(head="softmax", margin=0.0, scale=DEFAULT_SCALE)
     config["epochs"] = opts.epochs
     config["world_size"] = ranks.world  # --batch-size is per rank
     states = {
@@ -334,7 +365,9 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
     log(
         f"{PROG}: {opts.arch} ({opts.image_size}px, {opts.feature_dim}-D), "
         f"{folders.num_classes} identities, {len(train_set)} train / "
-        f"{len(folders.val.samples)} val images, λ={opts.center_loss_weight:g}, "
+        f"{len(folders.val.samples)} val images, {opts.head} head"
+        f"{f' (m={opts.margin:g}, s={opts.scale:g})' if opts.head != 'softmax' else ''}, "
+        f"λ={opts.center_loss_weight:g}, "
         f"{opts.optimizer} lr {opts.lr:g}, on {device}"
         f"{f' x {ranks.world} ranks' if ranks.distributed else ''}"
         f"{f' with {autocast}'.replace('torch.', '') if autocast else ''} -> {out}"
@@ -356,6 +389,7 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
         ranks,
         progress,
         out,
+        verify_sets,
     )
 
     def save() -> None:
@@ -393,7 +427,13 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
     plots.training_curves(
         out / "curves.png",
         progress.history,
-        accuracy_keys=("train_acc", "val_knn1_acc", "val_softmax_acc", "val_roc_auc"),
+        accuracy_keys=(
+            "train_acc",
+            "val_knn1_acc",
+            "val_softmax_acc",
+            "val_roc_auc",
+            *(f"verify_{name}_accuracy" for name, _ in run.verify_sets),
+        ),
     )
     result = _record(run)
     write_json(out / "metrics.json", result)
@@ -432,9 +472,17 @@ def _epoch(run: Run, epoch: int) -> None:
                 roc["tpr"],
                 f"val/ verification, epoch {epoch + 1}: AUC {metrics['val_roc_auc']:.4f}",
             )
+        for name, pairs in run.verify_sets:
+            row.update(set_metrics(name, run.net, pairs, run.extraction()))
     tqdm.write(
         f"epoch {epoch + 1}/{opts.epochs}  loss {row['train_loss']:.4f}  train acc "
-        f"{row['train_acc']:.4f}  {summary(row)}  ({progress.train_seconds:.0f} s)"
+        f"{row['train_acc']:.4f}  {summary(row)}"
+        + "".join(
+            f", {name} {row[f'verify_{name}_accuracy']:.4f}"
+            for name, _ in run.verify_sets
+            if f"verify_{name}_accuracy" in row
+        )
+        + f"  ({progress.train_seconds:.0f} s)"
     )
 
 
