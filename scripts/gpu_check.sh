@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything to run on a GPU machine: the build, `python -m centerloss_ext`, the CUDA
 # tests, compute-sanitizer memcheck and racecheck over scripts/cuda_smoke.py, and the GPU
-# benchmark. Logs and figures go to $OUT (default build/gpu_check); copy the figures to
-# bench/RESULTS.md with the device name, date and command.
+# benchmark. Logs and figures go to $OUT (default build/gpu_check); to publish the
+# benchmark, copy its compare.json to bench/results/cuda-<dtype>.json, add "run" and
+# "tables" marker blocks for it to bench/RESULTS.md and run `python bench/compare.py --render`.
 #
 #   bash scripts/gpu_check.sh                    # every step
 #   bash scripts/gpu_check.sh tests sanitize     # some steps (build is implied when needed)
