@@ -19,7 +19,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .errors import EXIT_ERROR, EXIT_INTERRUPTED, Interrupted, TrainingError, first_line
+from .errors import (
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    Interrupted,
+    TrainingError,
+    WriteFailed,
+    first_line,
+)
 
 # ------------------------------------------------------------------ optional packages
 
@@ -103,7 +111,8 @@ def run_cli(
     command: Optional[str] = None,
 ) -> Any:
     """Runs ``fn``. A TrainingError becomes one line, ``prog: error: message``, and exit
-    status 2 (a DataLoader worker's wrapped one too); Ctrl-C becomes one line and exit
+    status 2 (a DataLoader worker's wrapped one too), a file that cannot be written
+    (WriteFailed) one line and exit status 1; Ctrl-C becomes one line and exit
     status 130, with the command that resumes the run when a checkpoint was saved
     (``command``: how the script was started, ``argv``: its arguments)."""
     if threading.current_thread() is threading.main_thread():
@@ -120,6 +129,9 @@ def run_cli(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except WriteFailed as e:
+        print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
     except TrainingError as e:
         print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
         raise SystemExit(EXIT_ERROR) from None

@@ -1,6 +1,7 @@
 """The errors of the training command lines: a TrainingError is a problem the user can
 fix, which the command lines print as one line (``cli.run_cli``) with exit status 2;
-Ctrl-C is ``Interrupted``, exit status 130."""
+Ctrl-C is ``Interrupted``, exit status 130; a file that cannot be written is
+``WriteFailed``, one line and exit status 1."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ class TrainingError(Exception):
 
 class DataError(TrainingError):
     """The data on disk is missing or malformed."""
+
+
+class WriteFailed(TrainingError):
+    """A file could not be written (disk full, I/O error, a file-size limit): the previous
+    file is left in place and the command stops with exit status 1 (``EXIT_FAILED``)."""
 
 
 class NonFiniteLossError(TrainingError):
@@ -27,6 +33,7 @@ class Interrupted(TrainingError):
         self.resumable = resumable
 
 
+EXIT_FAILED = 1  # the run could not go on (a file it must write could not be written)
 EXIT_ERROR = 2  # a usage or data problem: the same status as argparse's errors
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells and make report for Ctrl-C
 

@@ -12,6 +12,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .files import atomic_write
+
 # 10 well-separated colours, then matplotlib's tab20 for more classes
 _TAB10 = (
     "#1f77b4",
@@ -109,7 +111,7 @@ def feature_scatter(
         handle.set_sizes([25])
         handle.set_alpha(1.0)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, fig.savefig)
     return Path(path)
 
 
@@ -120,7 +122,7 @@ def training_curves(
 ) -> Path:
     """Loss (total, softmax, center) and accuracies per epoch."""
     fig = curves_figure(history, accuracy_keys)
-    fig.savefig(path)
+    atomic_write(path, fig.savefig)
     return Path(path)
 
 
@@ -179,8 +181,11 @@ def make_gif(frames: Sequence[Path], path: Path, duration_ms: int = 700) -> Opti
     size = images[0].size
     images = [im if im.size == size else im.resize(size) for im in images]
     durations = [duration_ms] * (len(images) - 1) + [duration_ms * 3]
-    images[0].save(
-        path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True
+    atomic_write(
+        path,
+        lambda tmp: images[0].save(
+            tmp, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True
+        ),
     )
     return Path(path)
 
@@ -201,7 +206,7 @@ def roc_plot(path: Path, fpr: np.ndarray, tpr: np.ndarray, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, fig.savefig)
     return Path(path)
 
 
@@ -238,5 +243,5 @@ def roc_comparison(
         ax.legend(fontsize=8, loc="lower right")
     axes[0].set_ylabel("true accept rate")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, fig.savefig)
     return Path(path)

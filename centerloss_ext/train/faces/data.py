@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..core.errors import DataError
+from ..core.errors import DataError, first_line
 from ..core.workers import WorkerSafeLoader
 
 
@@ -31,10 +31,51 @@ def list_images(directory: Path) -> List[Path]:
     """Image files under ``directory`` (recursively), sorted, so the order is the same on
     every machine."""
     directory = Path(directory)
-    found = [
-        Path(root) / f for root, _, files in os.walk(directory, followlinks=True) for f in files
-    ]
+    found: List[Path] = []
+    seen = set()  # (device, inode) of the folders entered: a symlink loop is refused
+    for root, _, files in os.walk(directory, onerror=_unreadable, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            raise DataError(f"{root}: a folder reached twice through symlinks (a loop?)")
+        seen.add((st.st_dev, st.st_ino))
+        found += [Path(root) / f for f in files]
     return sorted(p for p in found if is_image_file(p))
+
+
+def _unreadable(e: OSError) -> None:
+    raise DataError(f"cannot read folder {e.filename}: {e.strerror or e}")
+
+
+def _listing(folder: Path) -> List[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise DataError(f"cannot read folder {folder}: {e.strerror or e}") from None
+
+
+# PIL's own limit (Image.MAX_IMAGE_PIXELS, left alone): larger images are refused in one
+# line before they are decoded (train's --max-image-pixels); PIL itself refuses twice that
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def open_rgb(source: Any, name: object, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+    """An image file (or its bytes' stream) as an RGB PIL image; one that cannot be
+    decoded, or one of more than ``max_pixels`` (a decompression bomb: a small file that
+    decodes to gigapixels), is a DataError naming ``name``, checked from the header
+    before any pixel is decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(source) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise DataError(
+                    f"image {name} is {width}x{height} pixels, more than the limit of "
+                    f"{max_pixels} (a decompression bomb?); raise it with --max-image-pixels"
+                )
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {name}: {first_line(e)}") from None
 
 
 @dataclass
@@ -65,14 +106,14 @@ def scan_identity_folder(root: Path, known: Optional[Dict[str, int]] = None) -> 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
-    stray = [p.name for p in root.iterdir() if is_image_file(p)]
+    stray = [p.name for p in _listing(root) if is_image_file(p)]
     if stray:
         raise DataError(
             f"{root} holds image files directly ({', '.join(sorted(stray)[:3])}"
             f"{', ...' if len(stray) > 3 else ''}): expected one subfolder per "
             "identity, each holding that identity's images"
         )
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = sorted(p.name for p in _listing(root) if p.is_dir() and not p.name.startswith("."))
     if not names:
         raise DataError(f"{root} has no identity subfolders (expected {root}/<identity>/<image>)")
     per_class = {name: list_images(root / name) for name in names}
@@ -159,23 +200,21 @@ class ImageListDataset(Dataset):
     """(image, label) from a list of (path, label); images load as RGB PIL images."""
 
     def __init__(
-        self, samples: Sequence[Tuple[Path, int]], transform: Optional[Callable] = None
+        self,
+        samples: Sequence[Tuple[Path, int]],
+        transform: Optional[Callable] = None,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-        except OSError as e:
-            raise DataError(f"cannot read image {path}: {e}") from e
+        image = open_rgb(path, path, self.max_pixels)
         if self.transform is not None:
             image = self.transform(image)
         return image, label

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..core.errors import TrainingError, first_line
-from ..core.files import note_outputs
+from ..core.files import atomic_write, load_tensors, note_outputs
 from ..core.metrics import l2_normalize
 from .data import labelled_images
 from .evaluate import Extraction, checkpoint_extraction, features
@@ -39,17 +39,19 @@ def save_embeddings(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npz":
-        np.savez(
+        atomic_write(
             path,
-            features=features.numpy(),
-            paths=np.array(paths, dtype=str),
-            labels=np.array(labels, dtype=str),
-            meta=json.dumps(meta),
+            lambda tmp: np.savez(
+                tmp,
+                features=features.numpy(),
+                paths=np.array(paths, dtype=str),
+                labels=np.array(labels, dtype=str),
+                meta=json.dumps(meta),
+            ),
         )
     elif path.suffix == ".pt":
-        torch.save(
-            {"features": features, "paths": list(paths), "labels": list(labels), "meta": meta}, path
-        )
+        d = {"features": features, "paths": list(paths), "labels": list(labels), "meta": meta}
+        atomic_write(path, lambda tmp: torch.save(d, tmp))
     else:
         raise TrainingError(f"--out {path}: use a .npz or .pt file name")
 
@@ -64,20 +66,47 @@ def load_embeddings(path: Path) -> Tuple[torch.Tensor, List[str], List[str], Dic
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
-                return (
+                _bounded_npz(z, path.stat().st_size)
+                got = (
                     torch.from_numpy(z["features"]),
                     [str(s) for s in z["paths"]],
                     [str(s) for s in z["labels"]],
                     json.loads(str(z["meta"])),
                 )
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        return d["features"], d["paths"], d["labels"], d["meta"]
+        else:
+            d = load_tensors(path)  # weights_only, mmap: bounded by the file's size
+            got = d["features"], d["paths"], d["labels"], d["meta"]
+        return _checked_embeddings(*got)
     except Exception as e:  # truncated, another kind of file, a checkpoint, missing keys
         reason = f"no {e}" if isinstance(e, KeyError) else first_line(e)
         raise TrainingError(
             f"--gallery {path}: not an embeddings file written by `embed` "
             f"({reason}); run `embed` to make one"
         ) from None
+
+
+def _bounded_npz(z: Any, size: int) -> None:
+    """savez stores its arrays uncompressed: a member that inflates beyond the file's own
+    size (a zip bomb) is refused before it is read."""
+    inflated = sum(info.file_size for info in z.zip.infolist())
+    if inflated > size + (1 << 20):
+        raise ValueError(f"its arrays inflate to {inflated} bytes from a {size}-byte file")
+
+
+def _checked_embeddings(
+    features: Any, paths: Any, labels: Any, meta: Any
+) -> Tuple[torch.Tensor, List[str], List[str], Dict[str, Any]]:
+    if not (
+        isinstance(features, torch.Tensor) and features.dim() == 2 and features.is_floating_point()
+    ):
+        raise ValueError("features is not an (images, dim) float array")
+    if not (isinstance(paths, list) and isinstance(labels, list)) or not (
+        len(paths) == len(labels) == features.shape[0]
+    ):
+        raise ValueError("paths and labels do not match the features' rows")
+    if not all(isinstance(s, str) for s in [*paths, *labels]) or not isinstance(meta, dict):
+        raise ValueError("paths, labels or meta of the wrong kind")
+    return features, paths, labels, meta
 
 
 def embed_folder(

@@ -27,6 +27,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..core.errors import DataError
+from .data import open_rgb
 
 BIN_FOLDS = 10
 PAIR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
@@ -75,7 +76,7 @@ _ADMITTED = {
 }
 
 
-class _NoObjects(pickle.Unpickler):
+class _NoObjects(pickle._Unpickler):
     """Refuses every global but the bytes makers of _ADMITTED: no class, function or reduce
     target can be named, so only the pickle's built-in containers and scalars come back."""
 
@@ -95,8 +96,10 @@ def read_bin(path: Path) -> PairSet:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        with open(path, "rb") as f:
-            loaded = _NoObjects(f, encoding="bytes").load()
+        # read whole, unpickled from memory by the pure-Python unpickler: a length in the
+        # pickle (bytes, frame) never reads or allocates beyond the file's size, and its
+        # memo is a dict (the C unpickler sizes an array by a memo index the file names)
+        loaded = _NoObjects(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except Exception as e:  # refused globals, truncation, not a pickle at all
         raise DataError(
             f"{path}: not a verification .bin of (images, issame) ({type(e).__name__}: "
@@ -238,16 +241,9 @@ class PairImages(Dataset):
         return len(self.pairs.images)
 
     def __getitem__(self, index: int) -> Tuple[object, int]:
-        from PIL import Image
-
         source = self.pairs.images[index]
-        try:
-            opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            with opened as img:
-                image = img.convert("RGB")
-        except (OSError, ValueError) as e:
-            name = source if isinstance(source, Path) else f"{self.pairs.source} image {index}"
-            raise DataError(f"cannot read image {name}: {e}") from None
+        name = source if isinstance(source, Path) else f"{self.pairs.source} image {index}"
+        image = open_rgb(io.BytesIO(source) if isinstance(source, bytes) else source, name)
         return self.transform(image), index
 
 

@@ -26,9 +26,16 @@ from ..._machine import environment
 from ..core import ddp, loop, plots
 from ..core.cli import is_interrupt
 from ..core.errors import TrainingError
-from ..core.files import check_output_folder, output_folder, save_checkpoint, write_json
+from ..core.files import run_folder, save_checkpoint, write_json
 from ..core.runtime import seed_everything
-from .data import FaceFolders, ImageListDataset, face_transforms, load_face_folders, make_loader
+from .data import (
+    MAX_IMAGE_PIXELS,
+    FaceFolders,
+    ImageListDataset,
+    face_transforms,
+    load_face_folders,
+    make_loader,
+)
 from .evaluate import EvalOptions, Extraction, evaluate, summary
 from .model import (
     CHECKPOINT_KIND,
@@ -114,6 +121,7 @@ class TrainOptions:
     device: str = "auto"
     batch_size: int = 128
     workers: int = DEFAULT_WORKERS
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     amp: str = "auto"
     no_progress: bool = False
     gallery_per_class: int = 10
@@ -280,9 +288,9 @@ def train(opts: TrainOptions) -> Dict[str, Any]:
     try:
         if not ranks.main:
             return _train(opts, ranks, device)
-        if not opts.resume:  # before any work: refuse, or clear, --out
-            check_output_folder(Path(opts.out), OUTPUTS, opts.overwrite)
-        with output_folder(Path(opts.out)):  # a failed run leaves no empty folder behind
+        # before any work: lock --out (a second run stops at once), refuse or clear it;
+        # a failed run leaves no empty folder behind
+        with run_folder(Path(opts.out), OUTPUTS, opts.overwrite, opts.resume):
             return _train(opts, ranks, device)
     finally:
         ddp.cleanup(ranks)
@@ -314,7 +322,9 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
             ": used for verification only"
         )
     train_set = ImageListDataset(
-        folders.train.samples, face_transforms(opts.image_size, train=True, augment=opts.augment)
+        folders.train.samples,
+        face_transforms(opts.image_size, train=True, augment=opts.augment),
+        opts.max_image_pixels,
     )
     generator = torch.Generator()
     sampler: Optional[DistributedSampler] = (

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..core import plots
-from ..core.files import write_json
+from ..core.files import atomic_write, write_json
 from ..core.metrics import extract_features, kfold_verification, l2_normalize, verification_metrics
 from .data import face_transforms, make_loader
 from .evaluate import Extraction, checkpoint_extraction
@@ -72,6 +72,10 @@ def protocol_metrics(
 def write_scores(path: Path, scores: np.ndarray, pairs: PairSet) -> None:
     """scores.csv: fold, same (1/0), score (shortest text that reads back to the same
     float), left, right; one row per pair in file order."""
+    atomic_write(path, lambda tmp: _write_scores(tmp, scores, pairs))
+
+
+def _write_scores(path: Path, scores: np.ndarray, pairs: PairSet) -> None:
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["fold", "same", "score", "left", "right"])

@@ -4,7 +4,9 @@ loader as the fallback for other folder layouts and downloads."""
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -12,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..core.errors import DataError
+from ..core.errors import DataError, first_line
 
 DEFAULT_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
@@ -32,6 +34,7 @@ DATASETS = ("fashion-mnist", "mnist")
 
 # IDX magic numbers: 0x08 = unsigned byte, then the number of dimensions
 _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}
+_GZIP_MAX_RATIO = 1032  # deflate's largest expansion: a .gz holds at most this times its size
 
 
 @dataclass
@@ -47,29 +50,38 @@ class ImageSplits:
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Reads an IDX file (plain or .gz) of unsigned bytes with ``ndim`` dimensions."""
+    """Reads an IDX file (plain or .gz) of unsigned bytes with ``ndim`` dimensions. The
+    header is checked against the file's size before the body is read: nothing beyond
+    the file's size (plain) or gzip's largest ratio times it (.gz) is ever allocated."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
+    head = 4 + 4 * ndim
     try:
+        size = path.stat().st_size
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}") from e
-    if len(raw) < 4 + 4 * ndim:
-        raise DataError(f"{path} is too short to be an IDX file")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != _IDX_MAGIC[ndim]:
-        raise DataError(
-            f"{path}: IDX magic {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x} "
-            f"(unsigned bytes, {ndim} dimension(s))"
-        )
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise DataError(
-            f"{path}: header says {shape} ({int(np.prod(shape))} bytes), file holds {body.size}"
-        )
-    return body.reshape(shape)
+            raw = f.read(head)
+            if len(raw) < head:
+                raise DataError(f"{path} is too short to be an IDX file")
+            magic = int.from_bytes(raw[:4], "big")
+            if magic != _IDX_MAGIC[ndim]:
+                raise DataError(
+                    f"{path}: IDX magic {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x} "
+                    f"(unsigned bytes, {ndim} dimension(s))"
+                )
+            shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+            count = math.prod(shape)
+            most = size * _GZIP_MAX_RATIO if opener is gzip.open else size - head
+            if count > most:
+                raise DataError(
+                    f"{path}: header says {shape} ({count} bytes), more than the "
+                    f"{size}-byte file can hold"
+                )
+            body = f.read(count + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path}: {first_line(e)}") from None
+    if len(body) != count:
+        raise DataError(f"{path}: header says {shape} ({count} bytes), file holds {len(body)}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 def _idx_file(directory: Path, stem: str) -> Optional[Path]:

@@ -19,7 +19,7 @@ from ... import CenterLoss
 from ..._machine import environment
 from ..core import loop, plots
 from ..core.cli import is_interrupt
-from ..core.files import check_output_folder, output_folder, save_checkpoint, write_json
+from ..core.files import output_folder, run_folder, save_checkpoint, write_json
 from ..core.metrics import (
     extract_features,
     intra_inter_ratio,
@@ -193,12 +193,13 @@ def run(opts: MnistOptions) -> Dict[str, Any]:
     device = resolve_device(opts.device)
     opts = replace(opts, amp=resolve_amp(opts.amp, device))  # recorded as bf16 or off
     out = Path(opts.out)
-    ckpt = (
-        loop.load_for_resume(out / "checkpoint.pt", device, ("torch_rng",)) if opts.resume else None
-    )
-    if ckpt is None:
-        check_output_folder(out, OUTPUTS, opts.overwrite)
-    with output_folder(out / "epochs"):
+    # locked for the run: a second run into ``out`` stops at once (files.locked_folder)
+    with run_folder(out, OUTPUTS, opts.overwrite, opts.resume), output_folder(out / "epochs"):
+        ckpt = (
+            loop.load_for_resume(out / "checkpoint.pt", device, ("torch_rng",))
+            if opts.resume
+            else None
+        )
         return _run(opts, device, ckpt)
 
 

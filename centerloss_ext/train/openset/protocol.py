@@ -22,7 +22,7 @@ import torch
 from ..._machine import environment
 from ..core import plots
 from ..core.errors import TrainingError
-from ..core.files import check_output_folder, output_folder, write_json
+from ..core.files import run_folder, write_json
 from ..core.metrics import (
     class_means,
     intra_inter_ratio,
@@ -353,8 +353,7 @@ def run(options: Dict[str, Any]) -> Dict[str, Any]:
     device = resolve_device(options["device"])
     options = {**options, "amp": resolve_amp(options["amp"], device)}  # bf16 or off
     out = Path(options["out"])
-    check_output_folder(out, OUTPUTS, options["overwrite"])
-    with output_folder(out):
+    with run_folder(out, OUTPUTS, options["overwrite"], False):  # locked for the run
         return _run(options, splits, device, out)
 
 
