@@ -7,6 +7,7 @@
     centerloss-faces verify   --checkpoint CKPT --pairs lfw.bin --out runs/lfw
     centerloss-faces verify   --checkpoint CKPT --pairs pairs.txt --images lfw/ --out runs/lfw
     centerloss-faces split    --source ALL --out DIR     # ALL/<identity>/ -> DIR/{train,val}
+    centerloss-faces clean    --checkpoint CKPT --input-dir DIR --out CLEAN  # flag, drop
 
 DIR/train and DIR/val hold one folder per identity (torchvision's ImageFolder layout).
 val/ is labelled with train/'s identity numbering; identities only in val/ are used for
@@ -51,6 +52,7 @@ from ..core.cli import (
     positive_int,
     run_cli,
 )
+from .clean import CleanOptions, clean
 from .enroll import embed_folder, identify, print_identities
 from .evaluate import EvalOptions, eval_checkpoint
 from .model import DEFAULT_MARGIN, FACE_ARCHS, HEADS, PROG, Runtime
@@ -236,6 +238,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="evaluate on val/ every N epochs and after the last",
     )
     t.add_argument("--seed", type=int, default=T.seed, help="initialisation, order, augmentation")
+    t.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=T.max_image_pixels,
+        metavar="N",
+        help="refuse larger training images (decompression bombs) in one line; PIL "
+        "itself refuses more than twice its default",
+    )
     again = t.add_mutually_exclusive_group()
     again.add_argument(
         "--resume", action="store_true", help="continue from --out/checkpoint.pt up to --epochs"
@@ -334,6 +344,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--copy", action="store_true", help="copy the images (default: symlinks)")
+    s.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at an image that does not decode (default: leave it out, list it in "
+        "OUT/split_report.json)",
+    )
+
+    c = command("clean", "flag DIR/train images far from their identity's center; write the rest")
+    c.add_argument("--checkpoint", required=True, help="a `train` checkpoint.pt trained on DIR")
+    c.add_argument("--input-dir", required=True, help="folder with train/ and val/ (never changed)")
+    c.add_argument(
+        "--out",
+        required=True,
+        help="new or empty folder: report.csv, summary.json, angles.png, train/ (kept "
+        "images), val/; a ready --input-dir",
+    )
+    c.add_argument(
+        "--threshold-deg",
+        type=bounded(float, 0, 180),
+        default=None,
+        help="flag images more than this angle from their identity's center (default: "
+        "Otsu's cut of the angles' histogram)",
+    )
+    c.add_argument(
+        "--centers",
+        choices=("robust", "trained"),
+        default="robust",
+        help="robust: trimmed means of each identity's embeddings; trained: the checkpoint's",
+    )
+    c.add_argument("--copy", action="store_true", help="copy the kept images (default: symlinks)")
+    c.add_argument("--strict", action="store_true", help="stop at an image that does not decode")
+    _common_runtime(c)
 
     # each value is checked by its own type: a bad one is refused under the command's usage
     return p.parse_args(argv)
@@ -376,14 +418,38 @@ def run(args: argparse.Namespace) -> Any:
         )
         print_identities(results, args.json)
         return results
+    if args.command == "clean":
+        return clean(
+            CleanOptions(
+                args.checkpoint,
+                args.input_dir,
+                args.out,
+                args.threshold_deg,
+                args.centers,
+                args.copy,
+                args.strict,
+            ),
+            _runtime(args),
+        )
     counts = split_identity_folder(
-        args.source, args.out, args.val_fraction, args.unseen_identities, args.seed, args.copy
+        args.source,
+        args.out,
+        args.val_fraction,
+        args.unseen_identities,
+        args.seed,
+        args.copy,
+        args.strict,
     )
     print(
         f"wrote {args.out}/train ({counts['train_images']} images) and {args.out}/val "
         f"({counts['val_images']} images, {counts['unseen_identities']} identities unseen "
         "in train/)"
     )
+    if counts["unreadable"]:
+        print(
+            f"left out {counts['unreadable']} image(s) that do not decode: listed in "
+            f"{args.out}/split_report.json"
+        )
     return counts
 
 

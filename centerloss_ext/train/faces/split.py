@@ -1,15 +1,53 @@
 """`centerloss-faces split`: one folder per identity -> ``train/`` and ``val/``, by image,
-optionally with whole identities kept out of training (for open-set verification)."""
+optionally with whole identities kept out of training (for open-set verification).
+
+Every image is decoded once first (``decodes``): the files that do not decode (truncated,
+not an image under an image name) are left out and listed in ``OUT/split_report.json``,
+so a crawled set's bad file is found here and not in epoch 3 of `train`; ``strict``
+stops on the first instead."""
 
 from __future__ import annotations
 
 import random
 import shutil
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..core.errors import DataError
+from ..core.errors import DataError, first_line
+from ..core.files import write_json
 from .data import scan_identity_folder
+
+REPORT = "split_report.json"
+
+
+def decodes(path: Path) -> Optional[str]:
+    """None when the image decodes whole (as training loads it: RGB), else why not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.convert("RGB")
+    except Exception as e:  # OSError (truncated), SyntaxError, ValueError, bombs: all unusable
+        return f"{type(e).__name__}: {first_line(e)}"
+    return None
+
+
+def check_images(
+    paths: Sequence[Path], strict: bool = False
+) -> Tuple[List[Path], List[Tuple[Path, str]]]:
+    """Decodes each image once: (the readable ones, [(unreadable one, why)]), in order;
+    ``strict``: the first unreadable one is a DataError instead."""
+    good: List[Path] = []
+    bad: List[Tuple[Path, str]] = []
+    for path in paths:
+        why = decodes(path)
+        if why is None:
+            good.append(path)
+            continue
+        if strict:
+            raise DataError(f"cannot read image {path}: {why} (drop --strict to leave it out)")
+        bad.append((path, why))
+    return good, bad
 
 
 def split_identity_folder(
@@ -19,12 +57,15 @@ def split_identity_folder(
     unseen_identities: int = 0,
     seed: int = 0,
     copy: bool = False,
-) -> Dict[str, int]:
+    strict: bool = False,
+) -> Dict[str, Any]:
     """Splits ``source/<identity>/<images>`` into ``out/train`` and ``out/val`` by image:
     ``val_fraction`` of each identity's images (at least one, and never its last) go to
     val/; ``unseen_identities`` identities, drawn at random, go to val/ whole (for
     open-set verification). Files are symlinked (``copy``: copied). Identities with a
-    single image stay in train/ only. Returns counts."""
+    single image stay in train/ only. Images that do not decode are left out and listed
+    in ``out/split_report.json`` (``strict``: a DataError); an identity left without
+    images is left out too. Returns counts."""
     source, out = Path(source).resolve(), Path(out)
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1); got {val_fraction}")
@@ -32,7 +73,14 @@ def split_identity_folder(
         if (out / split).exists() and any((out / split).iterdir()):
             raise DataError(f"{out / split} exists and is not empty")
     tree = scan_identity_folder(source)
-    names = sorted(tree.class_to_idx)
+    readable, unreadable = check_images([path for path, _ in tree.samples], strict)
+    kept = set(readable)
+    all_names = sorted(tree.class_to_idx)
+    by_identity: Dict[str, List[Path]] = {name: [] for name in all_names}
+    for path, label in tree.samples:
+        if path in kept:
+            by_identity[all_names[label]].append(path)
+    names = [name for name in all_names if by_identity[name]]
     if unseen_identities > len(names) - 2:
         raise DataError(
             f"--unseen-identities {unseen_identities}: {source} holds "
@@ -40,10 +88,12 @@ def split_identity_folder(
         )
     rng = random.Random(seed)
     unseen = set(rng.sample(names, unseen_identities))
-    by_identity: Dict[str, List[Path]] = {name: [] for name in names}
-    for path, label in tree.samples:
-        by_identity[names[label]].append(path)
-    counts = {"train_images": 0, "val_images": 0, "unseen_identities": len(unseen)}
+    counts: Dict[str, Any] = {
+        "train_images": 0,
+        "val_images": 0,
+        "unseen_identities": len(unseen),
+        "unreadable": len(unreadable),
+    }
     for name in names:
         files = by_identity[name]
         if name in unseen:
@@ -64,4 +114,18 @@ def split_identity_folder(
                 else:
                     target.symlink_to(path)
             counts[f"{split}_images"] += len(chosen)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / REPORT,
+        {
+            "source": str(source),
+            "checked": len(tree.samples),
+            **counts,
+            "identities_left_out": sorted(set(all_names) - set(names)),
+            "unreadable_files": [
+                {"path": path.relative_to(source).as_posix(), "error": why}
+                for path, why in unreadable
+            ],
+        },
+    )
     return counts

@@ -500,7 +500,12 @@ def test_split_by_image_with_unseen_identities(tree, tmp_path):
             "1",
         ]
     )
-    assert counts == {"train_images": 45, "val_images": 27, "unseen_identities": 1}
+    assert counts == {
+        "train_images": 45,
+        "val_images": 27,
+        "unseen_identities": 1,
+        "unreadable": 0,
+    }
     folders = load_face_folders(tmp_path / "split")
     assert folders.num_classes == 5 and len(folders.val.unseen) == 1
     assert len(folders.val.samples) == 27 and (folders.val.samples[0][0]).is_symlink()
