@@ -20,7 +20,7 @@ export CUDA_HOME ?= /usr/local/cuda
 endif
 
 .PHONY: all build lint format test pytest cpp-test demo openset openset-faces bench bench-quick system-deps clean \
-	emu-build test-cuda-emu test-cuda-asan emu-coverage
+	emu-build test-cuda-emu test-cuda-asan test-cuda-race emu-coverage
 
 all: build
 
@@ -124,6 +124,33 @@ test-cuda-asan: build system-deps
 	$(PY) simt_emulator/build.py --variant asan
 	eval "export $$($(PY) simt_emulator/build.py --variant asan --print-env)" && SIMT_SEED=3 \
 	  $(PY) -m pytest -q -m cuda -p no:cacheprovider $(ASAN_TESTS)
+
+# test-cuda-race: the same kernel tests under the race detector (ThreadSanitizer, every
+# emulated thread a TSan fiber; docs/cuda_emulation.md, "Race detection"), plus the tests
+# that plant races; any report fails the run, printed as the kernel, both .cu lines and
+# the memory space (simt_emulator/race_report.py reads TSan's logs in RACE_REPORTS)
+# Under the detector a 256-thread block costs ~100x its ASan time (every barrier and warp
+# primitive is a release + acquire of vector clocks over ~1000 TSan fibers), so it runs a
+# subset of the kernel tests that still launches every kernel on every path: the atomic
+# (float32, float64) and sorted (16-bit; deterministic) updates, both update modes, the
+# last-block loss reduction (mean) and per-row losses (none), small and odd sizes, a class
+# over many chunks, the mixed-class slots of the atomic update, bad labels; the rest of
+# the dtype grid repeats the same instructions with other types
+RACE_TESTS ?= python_tests/cuda_kernels python_tests/ops/test_bad_input.py
+RACE_SELECT ?= race_detector or bad_label or label_check_off or mixed_classes \
+	or (matches_cpu and (dtype0-centers_dtype0-mean-alpha-False or dtype0-centers_dtype0-mean-optimizer-False \
+	  or dtype0-centers_dtype0-none-alpha-True or dtype2-centers_dtype3-mean-optimizer-True \
+	  or dtype1-centers_dtype1-mean-alpha-False)) \
+	or (test_sizes and (-1-1-1 or 10-0-3 or 63-3-7 or 65-5-2)) or test_one_class_over_many_chunks[577] \
+	or test_bad_input
+RACE_REPORTS = build/emu/race/reports
+test-cuda-race: build system-deps
+	$(PY) simt_emulator/build.py --variant race
+	rm -rf $(RACE_REPORTS) && mkdir -p $(RACE_REPORTS)
+	status=0; ( eval "export $$($(PY) simt_emulator/build.py --variant race --print-env)" && \
+	  TSAN_OPTIONS="$$TSAN_OPTIONS:log_path=$(abspath $(RACE_REPORTS))/tsan" SIMT_SEED=4 \
+	  $(PY) -m pytest -q -m cuda -p no:cacheprovider -k "$(RACE_SELECT)" $(RACE_TESTS) ) || status=$$?; \
+	  $(PY) simt_emulator/race_report.py $(RACE_REPORTS) && exit $$status
 
 # The benchmark of bench/RESULTS.md; the device is CUDA when one is visible.
 bench: build

@@ -7,7 +7,8 @@ library that simt_emulator.loader loads next to the real extension.
     python simt_emulator/build.py [--variant {cov,asan,release}] [--jobs N]
 
 Variants: `cov` (-O1, gcov line coverage: the tests' build), `asan` (AddressSanitizer +
-UndefinedBehaviorSanitizer; load with the preload that --print-env shows), `release` (-O2).
+UndefinedBehaviorSanitizer; load with the preload that --print-env shows), `release` (-O2),
+`race` (the race detector: the kernels under ThreadSanitizer; --print-env's preload too).
 Prints the library's path on the last line. Needs the extension built in place first
 (make build): the library links against centerloss_ext/_C for the shared checks.
 """
@@ -37,7 +38,30 @@ FLAGS = {
         "-fno-sanitize-recover=undefined",
     ],
     "release": ["-O2"],
+    # the memory-traffic model (traffic.cpp; docs/cuda_emulation.md, "Memory traffic")
+    "traffic": ["-O2", "-DSIMT_TRAFFIC"],
+    # the race detector (race.cpp; docs/cuda_emulation.md, "Race detection"): the .cu
+    # objects under ThreadSanitizer (CU_FLAGS), the emulator's hooks told by SIMT_RACE
+    "race": ["-O1", "-DSIMT_RACE=1"],
 }
+# Per-variant compiler and flags of the csrc/cuda/*.cu objects only (the emulator's own
+# sources stay on g++, uninstrumented), and sources linked into one variant only.
+# traffic: clang's SanitizerCoverage calls traffic.cpp's hook on every load and store of
+# kernel code; no partial or runtime unrolling and no loop vectoriser, so that one source
+# access stays one call site (the warp's lanes are paired by site).
+CU_COMPILER = {"traffic": "clang++-14"}
+CU_FLAGS = {
+    "traffic": [
+        "-fsanitize-coverage=trace-pc-guard,trace-loads,trace-stores",
+        "-fno-vectorize",
+        *("-mllvm", "-unroll-runtime=false", "-mllvm", "-unroll-allow-partial=false"),
+    ],
+    "race": ["-fsanitize=thread"],
+}
+EXTRA_SOURCES = {"traffic": ["traffic.cpp"], "race": ["race.cpp"]}
+# .cu sources of one variant's own, built like csrc/cuda's: the race variant's kernels
+# with planted races (python_tests/cuda_kernels/test_race_detector.py)
+EXTRA_CU = {"race": [os.path.join(HERE, "race_planted.cu")]}
 
 
 def _fail(msg: str) -> None:
@@ -65,6 +89,20 @@ def _extension() -> str:
     return path
 
 
+# ignore_noninstrumented_modules: torch is not instrumented; its memcpy/memset etc. report
+# nothing (only the .cu objects' accesses are checked); exitcode: any report fails the run.
+RACE_TSAN_OPTIONS = (
+    "ignore_noninstrumented_modules=1:report_signal_unsafe=0:exitcode=66:history_size=4"
+)
+
+
+def _tsan_preload() -> str:
+    out = subprocess.run(
+        ["g++", "-print-file-name=libtsan.so"], capture_output=True, text=True
+    ).stdout.strip()
+    return os.path.realpath(out)
+
+
 def _sanitizer_preload() -> str:
     libs = []
     for name in ("libasan.so", "libubsan.so"):
@@ -73,6 +111,14 @@ def _sanitizer_preload() -> str:
         ).stdout.strip()
         libs.append(os.path.realpath(out))
     return " ".join(libs)
+
+
+def _cu_compiler(variant: str) -> str:
+    name = CU_COMPILER.get(variant, "g++")
+    path = shutil.which(name)
+    if not path:
+        _fail(f"{name} not found: the {variant} variant compiles the .cu sources with it")
+    return path
 
 
 def write_ninja(variant: str, out: str) -> str:
@@ -124,12 +170,19 @@ def write_ninja(variant: str, out: str) -> str:
         "  depfile = $out.d",
         "  deps = gcc",
         "  description = g++ $in",
+        "rule cxxcu",
+        f"  command = {_cu_compiler(variant)} -MMD -MF $out.d $cflags "
+        f"{' '.join(map(q, CU_FLAGS.get(variant, [])))} -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "  description = compile $in",
         "rule link",
         "  command = g++ $in -o $out $ldflags",
         "  description = link $out",
     ]
     objs = []
     cuda = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    cuda += EXTRA_CU.get(variant, [])
     for src in cuda:
         name = os.path.splitext(os.path.basename(src))[0]
         if name == "registration":  # binds the CUDA key; registration.cpp here binds ours
@@ -139,10 +192,15 @@ def write_ninja(variant: str, out: str) -> str:
             f"build {q(cpp)}: rewrite {q(src)} | {q(os.path.join(HERE, 'rewrite_launches.py'))}"
         )
         objs.append((cpp, os.path.join(out, name + ".o")))
-    for src in ("simt_runtime.cpp", "device.cpp", "registration.cpp"):
+    for src in (
+        "simt_runtime.cpp",
+        "device.cpp",
+        "registration.cpp",
+        *EXTRA_SOURCES.get(variant, []),
+    ):
         objs.append((os.path.join(HERE, src), os.path.join(out, os.path.splitext(src)[0] + ".o")))
     for src, obj in objs:
-        lines.append(f"build {q(obj)}: cxx {q(src)}")
+        lines.append(f"build {q(obj)}: {'cxxcu' if src.startswith(gen) else 'cxx'} {q(src)}")
     lines.append(f"build {q(lib)}: link {' '.join(q(o) for _, o in objs)} | {q(ext)}")
     with open(os.path.join(out, "build.ninja"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -168,6 +226,9 @@ def main() -> None:
             env["LD_PRELOAD"] = _sanitizer_preload()
             env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
             env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+        if args.variant == "race":
+            env["LD_PRELOAD"] = _tsan_preload()
+            env["TSAN_OPTIONS"] = RACE_TSAN_OPTIONS
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
         return
     ninja = shutil.which("ninja") or os.path.join(os.path.dirname(sys.executable), "ninja")

@@ -49,6 +49,7 @@ struct Allocator final : c10::Allocator {
   }
   static void release(void* ctx) {
     auto* header = static_cast<int64_t*>(ctx);
+    if (simt_traffic_free) simt_traffic_free(static_cast<char*>(ctx) + 512);
     g_allocated -= header[0];
     std::free(header);
   }
@@ -61,6 +62,7 @@ struct Allocator final : c10::Allocator {
     header[0] = static_cast<int64_t>(n);
     char* data = static_cast<char*>(raw) + 512;
     if (poison() && n) std::memset(data, 0xFF, n);
+    if (simt_traffic_alloc) simt_traffic_alloc(data, n);  // the traffic variant's hook
     const int64_t now = (g_allocated += static_cast<int64_t>(n));
     int64_t peak = g_peak.load();
     while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {

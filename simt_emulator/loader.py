@@ -126,3 +126,34 @@ def max_memory_allocated() -> int:
 
 def reset_peak_memory_stats() -> None:
     _need().simt_reset_peak_memory_stats()
+
+
+def _traffic() -> ctypes.CDLL:
+    lib = _need()
+    if not hasattr(lib, "simt_traffic_report"):
+        raise RuntimeError(
+            "this emulator library has no traffic model: build it with "
+            "python simt_emulator/build.py --variant traffic"
+        )
+    lib.simt_traffic_report.restype = ctypes.c_char_p
+    return lib
+
+
+def has_traffic() -> bool:
+    """Whether the loaded library is the `traffic` build (simt_emulator/traffic.cpp)."""
+    return hasattr(_need(), "simt_traffic_report")
+
+
+def traffic_reset() -> None:
+    """Forgets the traffic model's records so far (the `traffic` build only)."""
+    _traffic().simt_traffic_reset()
+
+
+def traffic_report() -> list:
+    """Every kernel launch, device op and memset since traffic_reset(), in order: its kind,
+    name, and per load/store/atomic its warp-level requests, 32-byte sectors, distinct bytes
+    and lane accesses, with the most atomics on one address (docs/cuda_emulation.md,
+    "Memory traffic"). Run with SIMT_WORKERS=1."""
+    import json
+
+    return json.loads(_traffic().simt_traffic_report().decode())

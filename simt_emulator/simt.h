@@ -89,8 +89,10 @@ struct ThreadState {
   dim3 grid_dim;
   int linear;  // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)
   Block* block;
+  bool race_fenced = false;  // the race variant: a __threadfence() ran (race.cpp)
 };
 ThreadState& current();
+ThreadState* current_or_null();  // nullptr outside a kernel's threads
 
 // Block-wide barrier of __syncthreads().
 void syncthreads();
@@ -164,10 +166,30 @@ T from_bits(uint64_t b) {
 #define gridDim (::simt::current().grid_dim)
 constexpr int warpSize = 32;
 
+// --- the race detector's hooks (the `race` variant, SIMT_RACE=1: race.cpp under
+// ThreadSanitizer; docs/cuda_emulation.md, "Race detection"): a fence, and each atomic ------
+#if SIMT_RACE
+namespace simt::race {
+void fence();                // acquires what fenced atomics published
+void atomic(const void* p);  // after a fence: publishes (releases) what this thread did
+}  // namespace simt::race
+#define SIMT_RACE_FENCE() ::simt::race::fence()
+#define SIMT_RACE_ATOMIC(p) ::simt::race::atomic(p)
+#else
+#define SIMT_RACE_FENCE() ((void)0)
+#define SIMT_RACE_ATOMIC(p) ((void)0)
+#endif
+
 // --- synchronisation and warp primitives ----------------------------------------------------
 inline void __syncthreads() { ::simt::syncthreads(); }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  SIMT_RACE_FENCE();
+}
+inline void __threadfence_block() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  SIMT_RACE_FENCE();
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   ::simt::warp_exchange(mask, 0, ::simt::current().linear % 32, "__syncwarp");
 }
@@ -211,21 +233,46 @@ inline int __all_sync(unsigned mask, int pred) {
   return ::simt::warp_ballot(mask, pred != 0, "__all_sync") == mask;
 }
 
+// --- the traffic model's hooks (simt_emulator/traffic.cpp, linked into the `traffic` variant
+// only; weak, so null everywhere else): launches and device ops, memsets, device
+// allocations, and each atomic's address (SIMT_TRAFFIC: the variant's define) -----------------
+extern "C" {
+__attribute__((weak, visibility("default"))) void simt_traffic_event(const char* kind,
+                                                                     const char* name,
+                                                                     size_t bytes);
+__attribute__((weak, visibility("default"))) void simt_traffic_alloc(const void* p, size_t n);
+__attribute__((weak, visibility("default"))) void simt_traffic_free(const void* p);
+__attribute__((weak, visibility("default"))) void simt_traffic_atomic(const void* p, size_t n);
+}
+#if defined(SIMT_TRAFFIC)
+#define SIMT_COUNT_ATOMIC(p) ::simt_traffic_atomic(p, sizeof(*(p)))
+#else
+#define SIMT_COUNT_ATOMIC(p) ((void)0)
+#endif
+
 // --- atomics (return the old value, as CUDA's do) ---------------------------------------------
 template <typename T>
 T atomicAdd(T* p, T v) {
+  SIMT_COUNT_ATOMIC(p);
+  SIMT_RACE_ATOMIC(p);
   return std::atomic_ref<T>(*p).fetch_add(v, std::memory_order_relaxed);
 }
 template <typename T>
 T atomicSub(T* p, T v) {
+  SIMT_COUNT_ATOMIC(p);
+  SIMT_RACE_ATOMIC(p);
   return std::atomic_ref<T>(*p).fetch_sub(v, std::memory_order_relaxed);
 }
 template <typename T>
 T atomicExch(T* p, T v) {
+  SIMT_COUNT_ATOMIC(p);
+  SIMT_RACE_ATOMIC(p);
   return std::atomic_ref<T>(*p).exchange(v, std::memory_order_relaxed);
 }
 template <typename T>
 T atomicMax(T* p, T v) {
+  SIMT_COUNT_ATOMIC(p);
+  SIMT_RACE_ATOMIC(p);
   std::atomic_ref<T> a(*p);
   T old = a.load(std::memory_order_relaxed);
   while (old < v && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
@@ -234,6 +281,8 @@ T atomicMax(T* p, T v) {
 }
 template <typename T>
 T atomicMin(T* p, T v) {
+  SIMT_COUNT_ATOMIC(p);
+  SIMT_RACE_ATOMIC(p);
   std::atomic_ref<T> a(*p);
   T old = a.load(std::memory_order_relaxed);
   while (v < old && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
@@ -242,6 +291,8 @@ T atomicMin(T* p, T v) {
 }
 template <typename T>
 T atomicCAS(T* p, T expected, T desired) {
+  SIMT_COUNT_ATOMIC(p);
+  SIMT_RACE_ATOMIC(p);
   std::atomic_ref<T>(*p).compare_exchange_strong(expected, desired, std::memory_order_relaxed);
   return expected;
 }

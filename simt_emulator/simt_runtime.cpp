@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "race.h"
 #include "simt.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -100,6 +101,8 @@ struct Thread {
   int want_src = 0;     // the lane this lane reads in the warp exchange it waits in
   uint64_t result = 0;  // what it read, set when the exchange is released
   unsigned ballot = 0;
+  void* race_fiber = nullptr;         // the race variant: this thread's TSan fiber
+  race::Token* race_token = nullptr;  // ... and the barrier instance it waits in
 };
 
 struct Warp {
@@ -108,6 +111,7 @@ struct Warp {
   unsigned ballot = 0;
   const char* what = nullptr;
   uint64_t values[32] = {};
+  race::Token* race_token = nullptr;  // the race variant: the exchange in progress
 };
 
 constexpr const char* kSync = "__syncthreads";
@@ -121,6 +125,8 @@ struct Block {
   std::mt19937_64* rng = nullptr;
   bool shuffle = false;
   const char* kernel = "";
+  race::Token* race_token = nullptr;  // the race variant: the __syncthreads in progress
+  void* race_sched = nullptr;         // ... and the scheduler's TSan context
 
   void wake(int i) {
     threads[i].state = State::Ready;
@@ -128,6 +134,7 @@ struct Block {
   }
   void release_barrier() {
     at_barrier = 0;
+    race_token = nullptr;
     for (size_t i = 0; i < threads.size(); ++i)
       if (threads[i].state == State::Waiting && threads[i].waiting_at == kSync) wake(int(i));
   }
@@ -158,6 +165,7 @@ thread_local WorkerStacks t_stacks;
 
 // Suspends the running emulated thread until the scheduler resumes it.
 void suspend(Thread* t) {
+  race::switch_to(t->st.block->race_sched);
   t->sw.start(t->sched_bottom, t->sched_size);
   t->caller = std::move(t->caller).resume();
   t->sw.finish(&t->sched_bottom, &t->sched_size);
@@ -184,6 +192,8 @@ ThreadState& current() {
   return *g_current;
 }
 
+ThreadState* current_or_null() { return g_current; }
+
 void fail(const char* fmt, ...) {
   char msg[1024];
   va_list ap;
@@ -198,12 +208,14 @@ void fail(const char* fmt, ...) {
 void syncthreads() {
   Thread* t = g_thread;
   Block* b = t->st.block;
+  t->race_token = b->race_token = race::arrive(b->race_token);
   if (++b->at_barrier == b->live) {  // the last live thread to arrive releases the others
     b->release_barrier();
     block_here(t, /*requeue=*/true, kSync);  // ... and lets them run before it goes on
   } else {
     block_here(t, /*requeue=*/false, kSync);
   }
+  race::leave(t->race_token);
 }
 
 namespace {
@@ -231,15 +243,18 @@ void warp_arrive(unsigned mask, uint64_t value, int src, bool predicate, const c
     fail("kernel %s: lanes of warp %d diverge: %s(mask 0x%08x) meets %s(mask 0x%08x)", b->kernel,
          t->st.linear / 32, what, mask, w.what, w.mask);
   }
+  t->race_token = w.race_token = race::arrive(w.race_token);
   w.arrived |= 1u << lane;
   w.values[lane] = value;
   t->want_src = src;
   if (predicate) w.ballot |= 1u << lane;
   if (w.arrived != w.mask) {
     block_here(t, /*requeue=*/false, what);
+    race::leave(t->race_token);
     return;
   }
   w.arrived = 0;  // last lane: hand every lane its result, then release them
+  w.race_token = nullptr;
   for (int l = 0; l < 32; ++l) {
     if (!(mask >> l & 1u)) continue;
     Thread& o = b->threads[warp_base + l];
@@ -251,6 +266,7 @@ void warp_arrive(unsigned mask, uint64_t value, int src, bool predicate, const c
     if (l != lane) b->wake(warp_base + l);
   }
   block_here(t, /*requeue=*/true, what);
+  race::leave(t->race_token);
 }
 
 }  // namespace
@@ -277,25 +293,31 @@ void run_block(const char* name, const LaunchConfig& cfg, uint3 bidx, BlockBody 
   b.rng = rng;
   b.shuffle = shuffle;
   b.kernel = name;
+  b.race_sched = race::current_fiber();
+  race::block_begin();
   for (int i = 0; i < n; ++i) {
     Thread& t = b.threads[i];
     const unsigned x = i % cfg.block.x, y = (i / cfg.block.x) % cfg.block.y,
                    z = i / (cfg.block.x * cfg.block.y);
     t.st = ThreadState{{x, y, z}, bidx, cfg.block, cfg.grid, i, &b};
-    t.stack = t_stacks.get(size_t(i), stack_bytes);
+    t.stack = t_stacks.get(race::stack_slot(i), stack_bytes);
+    t.race_fiber = race::fiber_for(i);
     t.stack_size = stack_bytes;
     Thread* tp = &t;
     t.fiber = ctx::fiber(std::allocator_arg, PooledStack{t.stack, stack_bytes},
                          [tp, body, closure](ctx::fiber&& caller) {
                            tp->caller = std::move(caller);
                            tp->sw.finish(&tp->sched_bottom, &tp->sched_size);
+                           race::thread_begin();
                            body(closure);
+                           race::thread_end();
                            tp->state = State::Done;
                            Block* blk = tp->st.block;
                            --blk->live;
                            // an exited thread no longer holds back __syncthreads
                            if (blk->at_barrier > 0 && blk->at_barrier == blk->live)
                              blk->release_barrier();
+                           race::switch_to(blk->race_sched);
                            tp->sw.start_final(tp->sched_bottom, tp->sched_size);
                            return std::move(tp->caller);
                          });
@@ -312,6 +334,7 @@ void run_block(const char* name, const LaunchConfig& cfg, uint3 bidx, BlockBody 
     g_current = &t.st;
     g_thread = &t;
     StackSwitch sw;
+    race::switch_to(t.race_fiber);
     sw.start(t.stack, t.stack_size);
     t.fiber = std::move(t.fiber).resume();
     sw.finish();
@@ -439,11 +462,13 @@ bool run_grid(const char* name, const LaunchConfig& cfg, BlockBody body, void* c
       run_block(name, cfg, bidx, body, closure, &rng, shuffle, stack_bytes);
     }
   };
+  race::launch_begin();
   if (nblocks == 1 || pool().size() == 0) {
     job(0);
   } else {
     pool().run(job);
   }
+  race::launch_end();
   return true;
 }
 
@@ -452,6 +477,7 @@ uint64_t launch_count() { return g_launches.load(); }
 void count_device_op() { ++g_launches; }
 
 void trace(const char* kind, const char* name) {
+  if (simt_traffic_event) simt_traffic_event(kind, name, 0);  // the traffic variant's hook
   static const bool on = env_u64("SIMT_TRACE", 0) != 0;
   if (on) std::fprintf(stderr, "simt %s: %s\n", kind, name);
 }
@@ -485,6 +511,7 @@ const char* cudaGetErrorString(cudaError_t error) {
   return "unknown error";
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  if (simt_traffic_event) simt_traffic_event("memset", "cudaMemsetAsync", bytes);
   if (bytes) std::memset(p, value, bytes);
   return cudaSuccess;
 }
