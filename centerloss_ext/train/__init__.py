@@ -5,7 +5,7 @@
         accuracy; `make demo` runs it.
     python -m centerloss_ext.train.faces   (console: centerloss-faces)   face
         identification/verification on an ImageFolder tree: train, eval, embed, identify,
-        verify (LFW pairs.txt, insightface .bin), split.
+        verify (LFW pairs.txt, insightface .bin), split, clean.
     python -m centerloss_ext.train.openset (console: centerloss-openset) softmax only vs
         center loss on Fashion-MNIST classes held out of training (`make openset`).
 
@@ -20,8 +20,8 @@ training step.
       cli         the optional-packages check (require), run_cli (one-line errors, Ctrl-C
                   and the resume command), HelpFormatter, the argparse value types
       runtime     seeding, --device resolution
-      files       output folders (--overwrite, no empty folder left), atomic checkpoint
-                  and JSON writes, checkpoint loading
+      files       output folders (--overwrite, no empty folder left, the --out lock),
+                  the one atomic-write path, bounded checkpoint loading
       loop        the training skeleton: RunningStats (on-device statistics, one host
                   read-back per log interval), resume, checkpoint_state, run_record
       metrics     feature measures: k-NN / nearest-center accuracy, intra/inter,
@@ -47,8 +47,10 @@ training step.
       pairs       verification sets: pairs.txt and .bin readers (a pickle that runs
                   nothing), the pairs' images, train --verify's NAME=FILE[:IMAGES]
       verify      `verify` and train --verify: scores, the 10-fold protocol, scores.csv
-      split       `split`: split_identity_folder
-      synthetic   a tiny generated face-like ImageFolder for tests and smoke runs
+      split       `split`: split_identity_folder, every image decoded once (report, --strict)
+      clean       `clean`: angles to robust identity centers, Otsu's cut, a cleaned copy
+      synthetic   generated face-like identity trees for tests and measurements, with
+                  label noise and outliers on request (noise.json)
       cli         the command line, nothing else
     openset/      centerloss-openset
       protocol    class splits, training per split and method, held-out measures, summary,

@@ -265,7 +265,28 @@ def output_folder(path: Path) -> Iterator[Path]:
         yield path
     except BaseException:
         for folder in created:  # deepest first
-            if folder.is_dir() and all(p.name == LOCK for p in folder.iterdir()):
-                (folder / LOCK).unlink(missing_ok=True)
-                folder.rmdir()
+            _remove_if_unused(folder)
         raise
+
+
+def _remove_if_unused(folder: Path) -> None:
+    """Removes ``folder`` when it holds nothing but a lock file that no run holds. Of two
+    runs started together, both may have created it: the one that lost the lock must not
+    remove it (and its lock file) from under the one that holds it and writes there next.
+    The lock is held while removing, so a run that starts meanwhile finds it taken."""
+    if not folder.is_dir() or any(p.name != LOCK for p in folder.iterdir()):
+        return
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (folder / LOCK).unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:  # held by another run (BlockingIOError), or a file arrived: keep it
+        pass
+    finally:
+        if fd is not None:
+            os.close(fd)

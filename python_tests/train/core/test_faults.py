@@ -5,6 +5,7 @@ and hostile inputs (IDX headers, decompression bombs, symlink loops, unreadable 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import os
@@ -133,6 +134,22 @@ def test_embeddings_and_scores_go_through_the_same_path(tree, tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------ the lock on --out
+
+
+def test_the_run_that_loses_the_lock_leaves_the_folder_to_the_winner(tmp_path):
+    """Both runs found --out missing and created it; the loser's clean-up (no empty folder
+    after a failure) must not remove the folder, or its lock file, from under the winner
+    (in CI the winner's next write failed: 'roc.png: No such file or directory')."""
+    out = tmp_path / "run"
+    with contextlib.ExitStack() as loser:
+        loser.enter_context(files.output_folder(out))  # the loser created it first
+        with files.output_folder(out), files.locked_folder(out):  # the winner
+            with pytest.raises(TrainingError, match="in use by another run"):
+                with loser:
+                    loser.enter_context(files.locked_folder(out))
+            assert (out / files.LOCK).is_file()
+            files.write_text(out / "metrics.json", "{}\n")  # the winner writes on
+    assert (out / "metrics.json").is_file()
 
 
 def test_two_runs_started_together_never_both_write(tree, tmp_path):
