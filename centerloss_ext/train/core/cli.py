@@ -24,6 +24,7 @@ from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     Interrupted,
+    RanksLost,
     TrainingError,
     WriteFailed,
     first_line,
@@ -112,9 +113,10 @@ def run_cli(
 ) -> Any:
     """Runs ``fn``. A TrainingError becomes one line, ``prog: error: message``, and exit
     status 2 (a DataLoader worker's wrapped one too), a file that cannot be written
-    (WriteFailed) one line and exit status 1; Ctrl-C becomes one line and exit
-    status 130, with the command that resumes the run when a checkpoint was saved
-    (``command``: how the script was started, ``argv``: its arguments)."""
+    (WriteFailed) or a rank that stopped answering (RanksLost) one line and exit status
+    1; Ctrl-C becomes one line and exit status 130, with the command that resumes the
+    run when a checkpoint was saved (``command``: how the script was started, ``argv``:
+    its arguments)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)  # remembers that Ctrl-C came (is_interrupt)
     try:
@@ -129,7 +131,7 @@ def run_cli(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
-    except WriteFailed as e:
+    except (WriteFailed, RanksLost) as e:
         print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
         raise SystemExit(EXIT_FAILED) from None
     except TrainingError as e:

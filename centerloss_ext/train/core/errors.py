@@ -20,6 +20,12 @@ class WriteFailed(TrainingError):
     file is left in place and the command stops with exit status 1 (``EXIT_FAILED``)."""
 
 
+class RanksLost(TrainingError):
+    """Under torchrun, another rank did not answer a collective within --dist-timeout (it
+    hung, stopped or lost its node): this rank stops with exit status 1 (``EXIT_FAILED``);
+    the last finished epoch's checkpoint stays as it was."""
+
+
 class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite: training on would only produce garbage."""
 

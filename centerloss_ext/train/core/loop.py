@@ -135,6 +135,7 @@ class Progress:
     epoch: int = 0
     history: List[Dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+    step: int = 0  # the step of the epoch in progress (not saved)
 
 
 def check_same_config(

@@ -239,6 +239,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     t.add_argument("--seed", type=int, default=T.seed, help="initialisation, order, augmentation")
     t.add_argument(
+        "--dist-timeout",
+        type=positive_float,
+        default=T.dist_timeout,
+        metavar="SECONDS",
+        help="under torchrun: a rank that gets no answer from another for this long "
+        "(a hung or stopped rank, a lost node) stops, naming it; the last epoch's "
+        "checkpoint stays",
+    )
+    t.add_argument(
         "--max-image-pixels",
         type=positive_int,
         default=T.max_image_pixels,

@@ -25,7 +25,7 @@ from ... import CenterLoss
 from ..._machine import environment
 from ..core import ddp, loop, plots
 from ..core.cli import is_interrupt
-from ..core.errors import TrainingError
+from ..core.errors import RanksLost, TrainingError
 from ..core.files import run_folder, save_checkpoint, write_json
 from ..core.runtime import seed_everything
 from .data import (
@@ -122,6 +122,7 @@ class TrainOptions:
     batch_size: int = 128
     workers: int = DEFAULT_WORKERS
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    dist_timeout: float = ddp.DEFAULT_TIMEOUT_S
     amp: str = "auto"
     no_progress: bool = False
     gallery_per_class: int = 10
@@ -240,7 +241,8 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, float]:
     )
     t0 = time.perf_counter()
     try:
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar, 1):
+            run.progress.step = step  # where a hung rank's error says this one was
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with torch.autocast(
@@ -284,7 +286,8 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, float]:
 
 def train(opts: TrainOptions) -> Dict[str, Any]:
     """The `train` job; returns metrics.json's content (empty on ranks other than 0)."""
-    ranks, device = ddp.setup(opts.device)
+    ranks, device = ddp.setup(opts.device, opts.dist_timeout)
+    lost = False
     try:
         if not ranks.main:
             return _train(opts, ranks, device)
@@ -292,8 +295,11 @@ def train(opts: TrainOptions) -> Dict[str, Any]:
         # a failed run leaves no empty folder behind
         with run_folder(Path(opts.out), OUTPUTS, opts.overwrite, opts.resume):
             return _train(opts, ranks, device)
+    except RanksLost:
+        lost = True
+        raise
     finally:
-        ddp.cleanup(ranks)
+        ddp.cleanup(ranks, lost)
 
 
 def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[str, Any]:
@@ -425,6 +431,10 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
                 saved = progress.epoch
             ddp.barrier(ranks)
     except (KeyboardInterrupt, RuntimeError) as e:  # RuntimeError: see is_interrupt
+        where = f"epoch {epoch + 1}, step {progress.step}"
+        lost = ddp.lost_ranks(e, ranks, where, opts.dist_timeout)
+        if lost is not None:  # a hung rank: stop now, the saved checkpoint stays
+            raise lost from None
         if not is_interrupt(e):
             raise
         # the epoch's training finished but its save did not: its state is consistent
