@@ -96,6 +96,10 @@ __global__ void atomics_and_shared(unsigned* counter, float* out) {
   if (threadIdx.x == 0) out[0] = tile[63];
 }
 
+// 64 threads add into one float: 2 atomic requests (a warp each) and no load (a float
+// atomicAdd is one read-modify-write, as on the GPU, not a load and a CAS).
+__global__ void float_atomics(float* sum) { atomicAdd(sum, 1.0f); }
+
 extern "C" const char* simt_traffic_report();
 
 static void* device_alloc(size_t n) {
@@ -117,8 +121,10 @@ int main() {
   sum_coalesced<<<1, 32>>>(x, out, n);
   sum_uncoalesced<<<1, 32>>>(x, out, n);
   atomics_and_shared<<<1, 64>>>(counter, out);
+  out[8] = 0.0f;
+  float_atomics<<<1, 64>>>(out + 8);
   std::printf("%s\n", simt_traffic_report());
-  return *counter == 64 ? 0 : 1;
+  return *counter == 64 && out[8] == 64.0f ? 0 : 1;
 }
 """
 
@@ -191,6 +197,12 @@ def test_atomics_per_address_and_no_stack_or_shared(records):
     assert r["atomic_requests"] == 2 and r["atomic_sectors"] == 2  # one per warp
     assert r["load_accesses"] == 0  # tile[] and local[] are not device memory
     assert (r["store_accesses"], r["store_bytes"]) == (1, 4)  # out[0] only
+
+
+def test_float_atomic_is_not_also_a_load(records):
+    r = records["float_atomics"]
+    assert (r["atomic_accesses"], r["atomic_requests"], r["atomic_sectors"]) == (64, 2, 2)
+    assert r["load_accesses"] == 0 and r["store_accesses"] == 0
 
 
 @pytest.mark.skipif(
