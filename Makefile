@@ -137,7 +137,7 @@ test-cuda-asan: build system-deps
 # over many chunks, the mixed-class slots of the atomic update, bad labels; the rest of
 # the dtype grid repeats the same instructions with other types
 RACE_TESTS ?= python_tests/cuda_kernels python_tests/ops/test_bad_input.py
-RACE_SELECT ?= race_detector or bad_label or label_check_off or mixed_classes \
+RACE_SELECT ?= race_detector or bad_label or label_check_off or mixed_classes or walk_limit \
 	or (matches_cpu and (dtype0-centers_dtype0-mean-alpha-False or dtype0-centers_dtype0-mean-optimizer-False \
 	  or dtype0-centers_dtype0-none-alpha-True or dtype2-centers_dtype3-mean-optimizer-True \
 	  or dtype1-centers_dtype1-mean-alpha-False)) \

@@ -10,6 +10,7 @@ a predicted H100 time; then the step's total against its floor.
 
     python scripts/kernel_traffic.py --shape 65536,512,100000 [--dtype bfloat16]
         [--deterministic] [--json]
+    python scripts/kernel_traffic.py --grid     # bench/RESULTS.md's table, every shape
 
 The model (docs/cuda_emulation.md, "Memory traffic"): predicted time of a launch =
 launch overhead (--launch-us, 4 us) + sectors x 32 B / copy bandwidth (--bandwidth,
@@ -238,9 +239,70 @@ def _fmt_table(res: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The benchmark's shapes (bench/compare.py), each in float32 and bfloat16, on the default
+# and the deterministic path: the table of bench/RESULTS.md and docs/cuda_emulation.md.
+GRID_SHAPES = [
+    (128, 2, 10),
+    (512, 512, 10_000),
+    (1024, 512, 100_000),
+    (65_536, 128, 100_000),
+    (65_536, 512, 100_000),
+]
+
+
+def grid(model=None) -> List[Dict[str, Any]]:
+    """analyse() at every shape, dtype and path of the benchmark grid."""
+    return [
+        analyse(B, D, C, dtype, det, model)
+        for B, D, C in GRID_SHAPES
+        for dtype in ("float32", "bfloat16")
+        for det in (False, True)
+    ]
+
+
+def _short(kernel: str) -> str:
+    name = kernel.split("<")[0]
+    return name[: -len("_kernel")] if name.endswith("_kernel") else name
+
+
+def markdown(results: List[Dict[str, Any]]) -> str:
+    """The grid as a markdown table: one row per shape, dtype and path."""
+    lines = [
+        "| B / D / C | dtype | path | launches | MB moved | MB floor | memory vs floor "
+        "| predicted µs | floor µs | sector efficiency per kernel (<80 % in bold) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        s = res["step"]
+        B, D, C = s["shape"]
+        effs = []
+        for k in res["kernels"]:
+            if k["kind"] == "op" or k["kernel"] == "cudaMemsetAsync" or not k["bytes"]:
+                continue
+            e = k["sector_efficiency"]
+            effs.append(
+                f"{_short(k['kernel'])} {100 * e:.0f}%"
+                if e >= 0.8
+                else f"{_short(k['kernel'])} **{100 * e:.0f}%** ({k['bytes'] / 1e6:.2f} MB)"
+            )
+        lines.append(
+            f"| {B:,} / {D:,} / {C:,} | {s['dtype']} | "
+            f"{'sorted' if s['deterministic'] else 'default'} | "
+            f"{s['our_launches']}+{s['aten_launches']} | {s['bytes'] / 1e6:.2f} | "
+            f"{s['floor_bytes'] / 1e6:.2f} | {s['memory_ratio']:.2f}× | "
+            f"{s['predicted_us']:.1f} | {s['floor_us']:.1f} | {', '.join(effs)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shape", required=True, help="B,D,C")
+    ap.add_argument("--shape", help="B,D,C")
+    ap.add_argument(
+        "--grid",
+        action="store_true",
+        help="every shape, dtype and path of the benchmark (about 4 min): a markdown table",
+    )
     ap.add_argument("--dtype", default="float32", help="features' dtype (float32, bfloat16...)")
     ap.add_argument("--deterministic", action="store_true", help="the sorted center paths")
     ap.add_argument("--json", action="store_true")
@@ -248,11 +310,17 @@ def main(argv=None) -> None:
     ap.add_argument("--launch-us", type=float, default=DEFAULTS["launch_us"])
     ap.add_argument("--atomic-ns", type=float, default=DEFAULTS["atomic_ns"])
     args = ap.parse_args(argv)
+    model = {"bandwidth": args.bandwidth, "launch_us": args.launch_us, "atomic_ns": args.atomic_ns}
+    if args.grid:
+        results = grid(model)
+        print(json.dumps(results, indent=1) if args.json else markdown(results))
+        return
+    if not args.shape:
+        ap.error("--shape B,D,C (or --grid)")
     try:
         B, D, C = (int(v) for v in args.shape.replace("x", ",").split(","))
     except ValueError:
         ap.error("--shape: B,D,C (three integers)")
-    model = {"bandwidth": args.bandwidth, "launch_us": args.launch_us, "atomic_ns": args.atomic_ns}
     res = analyse(B, D, C, args.dtype, args.deterministic, model)
     if args.json:
         print(json.dumps(res, indent=1))

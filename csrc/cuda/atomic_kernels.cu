@@ -1,11 +1,12 @@
 // The default (non-deterministic) center paths, for diff rows and centers of one dtype T
 // (float or double), T being then the accumulation type. The alpha update forms each
-// class's sum with atomic adds into a slot of the workspace (opened and zeroed by the
-// forward kernel) and the class's last row adds it to the center: one rounding per
-// center element, as in the sorted path; the order of the additions into a slot varies
-// run to run. The center gradient adds each row into the dense gradient with atomics.
-// Anything else (16-bit centers, float64 features with float32 centers) takes the sorted
-// path, where sums are formed in the accumulation type and rounded once.
+// class's sum in T, from the class's list of rows (linked by the forward kernel) or, for a
+// class of more than kWalkRows rows, with atomic adds into a slot of the workspace, and
+// adds it to the center once: one rounding per center element, as in the sorted path;
+// the order of the additions (the list's, the atomics') varies run to run. The center gradient adds
+// each row into the dense gradient with atomics. Anything else (16-bit centers, float64 features
+// with float32 centers) takes the sorted path, where sums are formed in the accumulation type and
+// rounded once.
 #include <ATen/Dispatch.h>
 
 #include "kernels.h"
@@ -14,43 +15,137 @@ namespace centerloss {
 namespace cuda {
 namespace {
 
+// The class of `head` (n rows, n <= kWalkRows), summed by the whole warp (G = 32): the
+// lanes walk the list together, lane j keeping its j-th row; then per column block of
+// kPerLane elements a lane (4: aligned rows, as vectors) the warp adds the n rows in list
+// order and moves the center.
+template <int kPerLane, typename T>
+__device__ void walk_class_warp(const T* __restrict__ diff, const int* __restrict__ next,
+                                T* __restrict__ cr, int64_t head, int n, int64_t D, T scale) {
+  const int lane = threadIdx.x % kWarp;
+  int idx = static_cast<int>(head), my_row = 0;
+  for (int j = 0; j < n; ++j) {
+    if (lane == j) my_row = idx;
+    if (j + 1 < n) idx = next[idx] - 1;
+  }
+  for (int64_t k0 = 0; k0 < D; k0 += kPerLane * kWarp) {
+    const int64_t k = k0 + lane * kPerLane;
+    T acc[kPerLane] = {};
+    for (int j = 0; j < n; ++j) {
+      const int64_t r = __shfl_sync(0xffffffffu, my_row, j);
+      if (k >= D) continue;
+      T v[kPerLane];
+      if constexpr (kPerLane == 4) {
+        load4(diff + r * D + k, v);
+      } else {
+        v[0] = diff[r * D + k];
+      }
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) acc[i] += v[i];
+    }
+    if (k >= D) continue;
+    T cv[kPerLane];
+    if constexpr (kPerLane == 4) {
+      load4(cr + k, cv);
+    } else {
+      cv[0] = cr[k];
+    }
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) cv[i] = cv[i] + scale * acc[i];
+    if constexpr (kPerLane == 4) {
+      store4(cr + k, cv);
+    } else {
+      cr[k] = cv[0];
+    }
+  }
+}
+
+// The same for a narrow row (G < 32 lanes, lane `sub` of them): the row's lanes walk the
+// list, each adding its own columns (one pass when the row is aligned, as lanes_per_row
+// chose G; a walk per pass otherwise).
+template <typename T>
+__device__ void walk_class_lanes(const T* __restrict__ diff, const int* __restrict__ next,
+                                 T* __restrict__ cr, int64_t head, int n, int64_t D, int G, int sub,
+                                 bool vec, T scale) {
+  const int per_lane = vec ? 4 : 1;
+  for (int64_t k = sub * per_lane; k < D; k += per_lane * G) {
+    T acc[4] = {T(0), T(0), T(0), T(0)};
+    int64_t r = head;
+    for (int j = 0; j < n; ++j) {
+      if (vec) {
+        T v[4];
+        load4(diff + r * D + k, v);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[i] += v[i];
+      } else {
+        acc[0] += diff[r * D + k];
+      }
+      if (j + 1 < n) r = next[r] - 1;
+    }
+    if (vec) {
+      T cv[4];
+      load4(cr + k, cv);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) cv[i] = cv[i] + scale * acc[i];
+      store4(cr + k, cv);
+    } else {
+      cr[k] = cr[k] + scale * acc[0];
+    }
+  }
+}
+
+// ptxas-spill-ok: alpha_update_atomic_kernel: 8-12 bytes (float on sm_80, double on
+// sm_80/sm_90) at 40-48 registers since the list walk was added: a stack slot that stays
+// in L1, in a kernel whose every row is a read of D elements from memory.
+// G lanes a row (lanes_per_row). Each class's sum is formed in T (the accumulation type)
+// and added to its center once, so each center element is rounded once per call, as on
+// the CPU and the sorted path: a class of at most kWalkRows rows by its list's head (the
+// row linked last in the forward kernel), which reads each of the class's rows once; a
+// larger class through its slot, which every row adds into with atomics and the last
+// to arrive applies.
 template <typename T>
 __global__ void __launch_bounds__(kBlock)
     alpha_update_atomic_kernel(const T* __restrict__ diff, Labels y,
                                const uint8_t* __restrict__ finite, T* __restrict__ c, int64_t B,
-                               int64_t D, T alpha, Workspace ws) {
+                               int64_t D, int G, bool vec, T alpha, Workspace ws) {
   if (*ws.bad != 0) return;  // a bad label anywhere: leave every center as it was
-  const int lane = threadIdx.x % kWarp;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  const int lane = threadIdx.x % kWarp, sub = lane % G;
+  const int64_t per_warp = kWarp / G;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock * per_warp;
   T* sums = static_cast<T*>(ws.sums);
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
-       row < B; row += warps) {
-    if (!finite[row]) continue;
-    const int64_t label = y[row];
-    const int n = ws.counts[label];
+  for (int64_t base =
+           (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp) * per_warp;
+       base < B; base += step) {
+    const int64_t row = base + lane / G;
+    const bool mine = row < B && finite[row];
+    const int64_t label = mine ? y[row] : 0;
+    const int n = mine ? ws.counts[label] : 0;
     // The paper's rule moves c_j by alpha * sum(d_i) / (1 + n_j).
     const T scale = alpha / static_cast<T>(1 + n);
-    const T* dr = diff + row * D;
     T* cr = c + label * D;
-    if (n == 1) {  // the class's only row: its share, rounded once, by its only writer
-      for (int64_t k = lane; k < D; k += kWarp) cr[k] = cr[k] + scale * dr[k];
-      continue;
+    const bool walk = mine && n <= kWalkRows && ws.heads[label] == row + 1;
+    const bool slotted = mine && n > kWalkRows;
+    if (G == kWarp) {
+      if (walk && vec) walk_class_warp<4>(diff, ws.next, cr, row, n, D, scale);  // the whole warp
+      if (walk && !vec) walk_class_warp<1>(diff, ws.next, cr, row, n, D, scale);
+    } else if (walk) {
+      walk_class_lanes(diff, ws.next, cr, row, n, D, G, sub, vec, scale);
     }
-    // Two or more rows: the sum is formed in the class's slot (T is the accumulation
-    // type), and the last row to add its share applies it, so each center element is
-    // rounded once per step, as on the CPU and the sorted path.
-    const int slot = ws.slot_of[label];
+    if (!__any_sync(0xffffffffu, slotted)) continue;
+    // A class of more than kWalkRows rows: its rows add into its slot, the last applies it.
+    const int slot = slotted ? ws.slot_of[label] : 0;
     T* sr = sums + static_cast<int64_t>(slot) * D;
-    for (int64_t k = lane; k < D; k += kWarp) atomicAdd(sr + k, dr[k]);
-    __threadfence();  // this warp's additions, visible before its arrival is counted
+    if (slotted)
+      for (int64_t k = sub; k < D; k += G) atomicAdd(sr + k, diff[row * D + k]);
+    __threadfence();  // this warp's additions, visible before its rows' arrivals count
     __syncwarp();
     unsigned int arrived = 0;
-    if (lane == 0) arrived = atomicAdd(ws.slot_done + slot, 1u) + 1;
-    arrived = __shfl_sync(0xffffffffu, arrived, 0);
-    if (arrived != static_cast<unsigned int>(n)) continue;
+    if (slotted && sub == 0) arrived = atomicAdd(ws.slot_done + slot, 1u) + 1;
+    arrived = __shfl_sync(0xffffffffu, arrived, lane - sub);
+    if (!slotted || arrived != static_cast<unsigned int>(n)) continue;
     __threadfence();            // every other row's additions, visible to the reads below
     const volatile T* vs = sr;  // past L1: other SMs wrote it
-    for (int64_t k = lane; k < D; k += kWarp) cr[k] = cr[k] + scale * vs[k];
+    for (int64_t k = sub; k < D; k += G) cr[k] = cr[k] + scale * vs[k];
   }
 }
 
@@ -84,11 +179,14 @@ void launch_alpha_update_atomic(const at::Tensor& diff, const at::Tensor& labels
   if (B == 0) return;
   TORCH_INTERNAL_ASSERT(diff.scalar_type() == c.scalar_type());
   auto stream = at::cuda::getCurrentCUDAStream();
+  const int G = lanes_per_row(D);
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "centerloss_update_atomic", [&] {
-    const int64_t blocks = row_blocks(alpha_update_atomic_kernel<scalar_t>, B);
+    const bool vec = D % 4 == 0 && aligned4(diff.const_data_ptr(), sizeof(scalar_t)) &&
+                     aligned4(c.const_data_ptr(), sizeof(scalar_t));
+    const int64_t blocks = row_blocks(alpha_update_atomic_kernel<scalar_t>, B, G);
     alpha_update_atomic_kernel<scalar_t><<<blocks, kBlock, 0, stream>>>(
         diff.const_data_ptr<scalar_t>(), labels_view(labels), finite.const_data_ptr<uint8_t>(),
-        c.data_ptr<scalar_t>(), B, D, static_cast<scalar_t>(alpha), ws);
+        c.data_ptr<scalar_t>(), B, D, G, vec, static_cast<scalar_t>(alpha), ws);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -15,17 +15,22 @@ namespace {
 template <typename scalar_t, typename out_t, typename g_t>
 __global__ void __launch_bounds__(kBlock)
     grad_features_kernel(const scalar_t* __restrict__ diff, GradScale<g_t> g,
-                         out_t* __restrict__ out, int64_t B, int64_t D, bool vec) {
+                         out_t* __restrict__ out, int64_t B, int64_t D, int G, bool vec) {
   using acc_t = acc_type<scalar_t, out_t>;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
-       row < B; row += warps) {
-    const acc_t s = g.template at<acc_t>(row);
+  const int lane = threadIdx.x % kWarp, sub = lane % G;  // G lanes a row (lanes_per_row)
+  const int64_t per_warp = kWarp / G;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock * per_warp;
+  // mean/sum: one scale for every row, read once (not a one-sector request per row)
+  const acc_t s_all = g.stride == 0 ? g.template at<acc_t>(0) : acc_t(0);
+  for (int64_t row =
+           (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp) * per_warp +
+           lane / G;
+       row < B; row += step) {  // no warp primitive here: lanes may leave at their own row
+    const acc_t s = g.stride == 0 ? s_all : g.template at<acc_t>(row);
     const scalar_t* dr = diff + row * D;
     out_t* orow = out + row * D;
     if (vec) {
-      for (int64_t k = lane * 4; k < D; k += 4 * kWarp) {
+      for (int64_t k = sub * 4; k < D; k += 4 * G) {
         acc_t v[4];
         load4(dr + k, v);
 #pragma unroll
@@ -33,7 +38,7 @@ __global__ void __launch_bounds__(kBlock)
         store4(orow + k, v);
       }
     } else {
-      for (int64_t k = lane; k < D; k += kWarp)
+      for (int64_t k = sub; k < D; k += G)
         orow[k] = static_cast<out_t>(static_cast<acc_t>(dr[k]) * s);
     }
   }
@@ -56,9 +61,10 @@ void launch_grad_features(const at::Tensor& grad_loss, const at::Tensor& diff, R
               using out_t = scalar_t;
               const bool vec = D % 4 == 0 && aligned4(diff.const_data_ptr(), sizeof(diff_t)) &&
                                aligned4(out.const_data_ptr(), sizeof(out_t));
-              const int64_t blocks = row_blocks(grad_features_kernel<diff_t, out_t, g_t>, B);
+              const int G = lanes_per_row(D);
+              const int64_t blocks = row_blocks(grad_features_kernel<diff_t, out_t, g_t>, B, G);
               grad_features_kernel<diff_t, out_t, g_t><<<blocks, kBlock, 0, stream>>>(
-                  diff.const_data_ptr<diff_t>(), g, out.data_ptr<out_t>(), B, D, vec);
+                  diff.const_data_ptr<diff_t>(), g, out.data_ptr<out_t>(), B, D, G, vec);
               C10_CUDA_KERNEL_LAUNCH_CHECK();
             });
       });

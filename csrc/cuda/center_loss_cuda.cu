@@ -31,40 +31,49 @@
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <limits>
+
 #include "kernels.h"
 #include "ops_cuda.h"
 
 namespace centerloss {
 namespace cuda {
 
-WorkspaceBuffer::WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_counts,
+WorkspaceBuffer::WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_classes,
                                  int64_t num_partials, size_t partial_size) {
   constexpr int64_t header = 16;  // bad (8 bytes), blocks_done (4), slots_used (4)
   auto align8 = [](int64_t bytes) { return (bytes + 7) / 8 * 8; };
-  const int64_t counts_bytes = with_counts ? align8(4 * num_classes) : 0;
+  const int64_t B = like.size(0);
+  const int64_t counts_bytes = with_classes ? align8(4 * num_classes) : 0;
+  const int64_t heads_bytes = counts_bytes;
+  const int64_t next_bytes = with_classes ? align8(4 * B) : 0;
   const int64_t partials_bytes = align8(num_partials * static_cast<int64_t>(partial_size));
-  // A slot per class of two or more rows: at most B / 2 of them, and at most C.
-  const int64_t slots = with_counts ? std::min(like.size(0) / 2, num_classes) : 0;
-  const int64_t slot_of_bytes = with_counts ? align8(4 * num_classes) : 0;
+  // A slot per class of more than kWalkRows rows: at most B / (kWalkRows + 1), and C.
+  const int64_t slots = with_classes ? std::min(B / (kWalkRows + 1), num_classes) : 0;
+  const int64_t slot_of_bytes = with_classes ? align8(4 * num_classes) : 0;
   const int64_t slot_done_bytes = align8(4 * slots);
   const int64_t sums_bytes = slots * like.size(1) * static_cast<int64_t>(partial_size);
-  const int64_t total =
-      header + counts_bytes + partials_bytes + slot_of_bytes + slot_done_bytes + sums_bytes;
+  const int64_t total = header + counts_bytes + heads_bytes + next_bytes + partials_bytes +
+                        slot_of_bytes + slot_done_bytes + sums_bytes;
   storage = empty_cuda({total}, like.options().dtype(at::kByte));
   uint8_t* base = storage.data_ptr<uint8_t>();
   ws.bad = reinterpret_cast<unsigned long long*>(base);
   ws.blocks_done = reinterpret_cast<unsigned int*>(base + 8);
   ws.slots_used = reinterpret_cast<unsigned int*>(base + 12);
   uint8_t* p = base + header;
-  ws.counts = with_counts ? reinterpret_cast<int*>(p) : nullptr;
+  ws.counts = with_classes ? reinterpret_cast<int*>(p) : nullptr;
   p += counts_bytes;
+  ws.heads = with_classes ? reinterpret_cast<int*>(p) : nullptr;
+  p += heads_bytes;
+  ws.next = with_classes ? reinterpret_cast<int*>(p) : nullptr;
+  p += next_bytes;
   ws.partials = p;  // every offset is a multiple of 8: fits each element type
   p += partials_bytes;
-  ws.slot_of = with_counts ? reinterpret_cast<int*>(p) : nullptr;
+  ws.slot_of = with_classes ? reinterpret_cast<int*>(p) : nullptr;
   p += slot_of_bytes;
-  ws.slot_done = with_counts ? reinterpret_cast<unsigned int*>(p) : nullptr;
+  ws.slot_done = with_classes ? reinterpret_cast<unsigned int*>(p) : nullptr;
   p += slot_done_bytes;
-  ws.sums = with_counts ? p : nullptr;
+  ws.sums = with_classes ? p : nullptr;
   C10_CUDA_CHECK(cudaMemsetAsync(base, 0, header + counts_bytes, at::cuda::getCurrentCUDAStream()));
 }
 
@@ -125,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& features,
   }
   at::Tensor x = features.contiguous(), y = labels.contiguous(), c = centers.contiguous();
   const int64_t blocks = forward_rows_blocks(x, c);
-  WorkspaceBuffer wb(x, c.size(0), /*with_counts=*/false, blocks, acc_size(x, c));
+  WorkspaceBuffer wb(x, c.size(0), /*with_classes=*/false, blocks, acc_size(x, c));
   launch_forward_rows(x, y, c, red, &loss, need_diff ? &diff : nullptr, nullptr, wb.ws, blocks);
   throw_if_bad_label(wb.ws, y, c.size(0));
   return {loss, diff};
@@ -153,10 +162,12 @@ std::tuple<at::Tensor, at::Tensor> forward_and_update(at::Tensor& centers,
   at::Tensor x = features.contiguous(), y = labels.contiguous(), c = centers.contiguous();
   // The update reads the diff rows, so they are written even when backward needs none.
   at::Tensor diff = need_diff ? diff_out : empty_cuda({B, D}, diff_out.options());
-  const bool sorted = use_sorted_path(deterministic, diff.scalar_type(), c.scalar_type());
+  // (the atomic update's row lists hold row + 1 in an int: a larger batch sorts)
+  const bool sorted = use_sorted_path(deterministic, diff.scalar_type(), c.scalar_type()) ||
+                      B >= std::numeric_limits<int>::max();
   at::Tensor finite = empty_cuda({B}, x.options().dtype(at::kByte));
   const int64_t blocks = forward_rows_blocks(x, c);
-  WorkspaceBuffer wb(x, c.size(0), /*with_counts=*/!sorted, blocks, acc_size(x, c));
+  WorkspaceBuffer wb(x, c.size(0), /*with_classes=*/!sorted, blocks, acc_size(x, c));
   launch_forward_rows(x, y, c, with_loss ? red : Reduction::Mean, with_loss ? &loss : nullptr,
                       &diff, &finite, wb.ws, blocks);
   if (sorted) {
@@ -210,7 +221,7 @@ at::Tensor backward_centers_cuda(const at::Tensor& grad_loss, const at::Tensor& 
   at::Tensor out = empty_cuda({num_classes, d.size(1)}, d.options().dtype(centers_dtype));
   out.zero_();
   if (d.size(0) == 0) return out;
-  WorkspaceBuffer wb(d, num_classes, /*with_counts=*/false, /*num_partials=*/0, 0);
+  WorkspaceBuffer wb(d, num_classes, /*with_classes=*/false, /*num_partials=*/0, 0);
   if (use_sorted_path(deterministic, d.scalar_type(), centers_dtype)) {
     launch_grad_centers_sorted(g, d, y, red, out, wb.ws);
   } else {

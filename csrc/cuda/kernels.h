@@ -8,6 +8,12 @@
 namespace centerloss {
 namespace cuda {
 
+// A class of at most kWalkRows finite rows is summed by the warp of its list's head,
+// walking the list (each row read once, the sum in registers, no atomics); a larger one
+// adds its rows into a class-sum slot with atomics (so a class of thousands of rows is
+// not one warp's serial walk). At most 32: the walk gathers one row index per lane.
+constexpr int kWalkRows = 32;
+
 // Per-call device workspace, zeroed by one cudaMemsetAsync (header + counts):
 //  bad: B - (first row whose label is out of range), 0 when none (atomicMax keeps the
 //       first row); every kernel that writes centers returns early when it is set.
@@ -15,16 +21,22 @@ namespace cuda {
 //  slots_used: class-sum slots handed out so far (atomic update path).
 //  counts: per-class number of finite rows (atomic update path only; O(C) ints).
 //  partials: one loss partial per block of the forward kernel (not zeroed).
-// The atomic update's class sums (not zeroed: each slot is cleared by the row that opens
-// it, the second finite row of its class, in the forward kernel):
-//  slot_of: per class, its slot (O(C) ints; read only for classes with 2+ finite rows).
+// The atomic update's row lists and class sums, not zeroed (the forward kernel writes
+// each entry the update kernel reads; a list is walked for exactly its class's count of
+// rows, so the value its first row found in `heads` is never followed):
+//  heads: per class, the row linked last (row + 1), O(C) ints.
+//  next: per finite row, the row linked before it in its class (row + 1), O(B) ints.
+//  slot_of: per class of more than kWalkRows rows, its slot (O(C) ints).
 //  slot_done: per slot, the rows that have added their share (the last one applies it).
-//  sums: per slot, a row of D sums in the accumulation type; min(B / 2, C) slots.
+//  sums: per slot, a row of D sums in the accumulation type; min(B / 33, C) slots,
+//        each zeroed by the row that opens it (its class's (kWalkRows + 1)-th).
 struct Workspace {
   unsigned long long* bad;
   unsigned int* blocks_done;
   unsigned int* slots_used;
   int* counts;
+  int* heads;
+  int* next;
   void* partials;
   int* slot_of;
   unsigned int* slot_done;
@@ -34,16 +46,17 @@ struct Workspace {
 struct WorkspaceBuffer {
   at::Tensor storage;
   Workspace ws;
-  // Allocates (uninitialised) and zeroes what needs zeroing: O(num_classes) ints when
-  // with_counts, which also lays out the class sums for `like`'s B x D rows, in elements
-  // of partial_size bytes (the accumulation type).
-  WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_counts,
+  // Allocates (uninitialised) and zeroes what needs zeroing: O(num_classes) counts when
+  // with_classes, which also lays out the row lists and class sums for `like`'s B x D
+  // rows, in elements of partial_size bytes (the accumulation type).
+  WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_classes,
                   int64_t num_partials, size_t partial_size);
 };
 
 // forward_kernels.cu — one warp per row: d = x - c[y] in the accumulation type, per-row
 // loss (reduced in the same launch by the last block, in a fixed order), the diff rows
-// and finite flags when asked, per-class counts when ws.counts is set. Rows with
+// and finite flags when asked, and when ws.counts is set the per-class counts, row lists
+// and zeroed slots of the atomic update (G lanes a row: lanes_per_row). Rows with
 // out-of-range labels are recorded in ws.bad and never read c.
 void launch_forward_rows(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& c,
                          Reduction reduction, at::Tensor* loss, at::Tensor* diff,
@@ -53,9 +66,10 @@ int64_t forward_rows_blocks(const at::Tensor& x, const at::Tensor& c);
 
 // atomic_kernels.cu — the default (fastest) paths, for diff rows and centers of one
 // dtype T, float or double (T is then the accumulation type):
-// c_j += alpha * (sum of the finite d_i of class j) / (1 + n_j), the sum formed in T with
-// atomics in the class's slot, then added by the class's last row: each center element is
-// rounded once; a class of one row adds its share directly. Nothing when ws.bad.
+// c_j += alpha * (sum of the finite d_i of class j) / (1 + n_j), the sum formed in T by
+// the warp of the class's list head (n_j <= kWalkRows) or with atomics in the class's
+// slot, added by its last row: either way each center element is rounded once per call.
+// Nothing when ws.bad.
 void launch_alpha_update_atomic(const at::Tensor& diff, const at::Tensor& labels,
                                 const at::Tensor& finite, at::Tensor& c, double alpha,
                                 const Workspace& ws);

@@ -33,6 +33,33 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// A sum over the G lanes of each aligned group of G lanes (G a power of two <= 32):
+// every lane of the warp must call it; G = 32 is warp_sum, in the same order.
+template <typename T>
+__device__ __forceinline__ T group_sum(T v, int G) {
+  for (int offset = G / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Narrow rows: the row kernels give each row G lanes (a power of two) and a warp 32 / G
+// rows at a time, so that a warp's request covers 32 / G consecutive rows, not one row
+// of D elements in a 32-lane request (at D = 2: 2 of 32 lanes busy, 8 bytes a sector).
+// G is the fewest lanes that cover the row in one pass of 4-element vectors (D % 4 == 0)
+// or of elements, at most 32. A performance choice only: every kernel loops over its
+// row's elements with stride G (4 G), so any G is correct.
+inline int lanes_per_row(int64_t D) {
+  const int64_t per_lane = D % 4 == 0 ? 4 : 1;
+  const int64_t need = (D + per_lane - 1) / per_lane;
+  int g = 1;
+  while (g < need && g < kWarp) g <<= 1;
+  return g;
+}
+
+// Every row kernel walks its rows in grid-stride steps: warp w of the grid takes rows
+// base .. base + 32 / G - 1, lane l the row base + l / G as its lane l % G of that row.
+// The loop bound is the warp's, so all its lanes run the same steps and warp primitives
+// may follow inside the loop; a lane past the last row is inactive, not gone.
+
 // Four consecutive elements moved as one aligned vector (16 bytes for float, 8 for
 // 16-bit types): the rows kernels use it when D % 4 == 0 and the bases are aligned.
 template <typename T>
@@ -86,17 +113,18 @@ inline at::Tensor empty_cuda(at::IntArrayRef size, const at::TensorOptions& opti
   return at::detail::empty_cuda(size, options);
 }
 
-// Blocks for a grid-stride loop of `kernel` (kBlock threads, a warp per row) over `rows`
+// Blocks for a grid-stride loop of `kernel` (kBlock threads, G lanes a row) over `rows`
 // rows: as many as fit on the device at once by the occupancy API (the kernel's register
 // and shared-memory use decide how many blocks an SM holds), fewer for small batches.
 // Fixed for a device, a kernel and B, so the forward kernel's loss partials (and the
 // loss) are bit-identical run to run.
 template <typename Kernel>
-int64_t row_blocks(Kernel kernel, int64_t rows) {
+int64_t row_blocks(Kernel kernel, int64_t rows, int G = kWarp) {
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kBlock, 0));
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t wanted = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  const int64_t rows_per_block = static_cast<int64_t>(kWarpsPerBlock) * (kWarp / G);
+  const int64_t wanted = (rows + rows_per_block - 1) / rows_per_block;
   return std::max<int64_t>(1, std::min(wanted, sms * std::max(per_sm, 1)));
 }
 

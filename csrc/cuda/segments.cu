@@ -158,22 +158,34 @@ template <typename acc_t, typename Finish>
 __global__ void __launch_bounds__(kSplitColumns* kSplitGroups)
     split_class_kernel(const int64_t* __restrict__ sorted, int64_t B, int64_t D, Finish finish,
                        Slots<acc_t> slots, const unsigned long long* stop) {
-  if (stop != nullptr && *stop != 0) return;
+  // One thread reads the block's scalars (the stop flag, has_last, the class and the
+  // bisection) and shares them: per warp they would be 8 requests of a sector each, and
+  // most blocks (chunks that start no split, column tiles) read nothing else.
+  __shared__ int64_t label_shared, slots_shared;
   const int64_t w = blockIdx.x;
-  if (!slots.has_last[w]) return;  // the same for every thread of the block
-  // Chunk w is full (its class goes on), so its last row is of the class; the run of
-  // that class ends in chunk `end_chunk`, found by bisection: sorted[lo] stays L.
-  const int64_t L = sorted[(w + 1) * kChunkRows - 1];
-  int64_t lo = (w + 1) * kChunkRows, hi = B;
-  while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (sorted[mid] == L) {
-      lo = mid;
-    } else {
-      hi = mid;
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    slots_shared = 0;
+    if ((stop == nullptr || *stop == 0) && slots.has_last[w]) {
+      // Chunk w is full (its class goes on), so its last row is of the class; the run of
+      // that class ends in the chunk found by bisection: sorted[lo] stays L.
+      const int64_t L = sorted[(w + 1) * kChunkRows - 1];
+      int64_t lo = (w + 1) * kChunkRows, hi = B;
+      while (hi - lo > 1) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (sorted[mid] == L) {
+          lo = mid;
+        } else {
+          hi = mid;
+        }
+      }
+      label_shared = L;
+      slots_shared = lo / kChunkRows - w + 1;
     }
   }
-  const int64_t num_slots = lo / kChunkRows - w + 1;
+  __syncthreads();
+  const int64_t num_slots = slots_shared;
+  if (num_slots == 0) return;  // the same for every thread of the block
+  const int64_t L = label_shared;
   __shared__ acc_t part[kSplitGroups][kSplitColumns];
   __shared__ int part_n[kSplitGroups];
   const int x = threadIdx.x, g = threadIdx.y;
@@ -184,7 +196,7 @@ __global__ void __launch_bounds__(kSplitColumns* kSplitGroups)
     int cnt = 0;
     for (int64_t j = g; j < num_slots; j += kSplitGroups) {
       if (col < D) sum += j == 0 ? slots.last[w * D + col] : slots.first[(w + j) * D + col];
-      cnt += j == 0 ? slots.last_n[w] : slots.first_n[w + j];
+      if (x == 0) cnt += j == 0 ? slots.last_n[w] : slots.first_n[w + j];  // read by x == 0
     }
     part[g][x] = sum;
     if (x == 0) part_n[g] = cnt;

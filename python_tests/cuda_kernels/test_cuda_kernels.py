@@ -342,3 +342,28 @@ def test_atomic_update_class_sums_mixed_classes(dtype):
     out = cd.cpu()
     torch.testing.assert_close(out, expected, rtol=0, atol=2 * torch.finfo(dtype).eps * 512)
     assert torch.equal(out[200:], c[200:])  # absent classes untouched
+
+
+@pytest.mark.parametrize("D", [2, 3, 8, 37, 128, 512])
+@pytest.mark.parametrize("offset", [0, 1])  # 1: x and c not 16-byte aligned (no vector path)
+def test_atomic_update_class_sizes_around_the_walk_limit(D, offset):
+    """Class k has k + 1 rows for k < 40: classes of up to 32 rows are summed by their
+    list's head, larger ones in slots (kWalkRows = 32), at every lane count per row
+    (D = 2: 16 rows a warp; 512: a warp a row); the CPU's result within the order of the
+    additions, each center element moved once."""
+    g = torch.Generator().manual_seed(D)
+    C = 45
+    y = torch.cat([torch.full((k + 1,), k) for k in range(40)])
+    y = y[torch.randperm(len(y), generator=g)]
+    x = (100 + torch.randn(len(y) * D + offset, generator=g))[offset:].view(len(y), D)
+    c = (100 + torch.randn(C * D + offset, generator=g))[offset:].view(C, D)
+    expected = c.clone()
+    cl.update_centers_(expected, x, y, 0.6)
+    xd, yd = _to(x, y)
+    cd = torch.zeros(C * D + offset, device=DEV)[offset:].view(C, D).copy_(c)
+    cl.update_centers_(cd, xd, yd, 0.6, deterministic=False)
+    out = cd.cpu()
+    torch.testing.assert_close(
+        out, expected, rtol=0, atol=64 * torch.finfo(torch.float32).eps * 100
+    )
+    assert torch.equal(out[40:], c[40:])
