@@ -136,15 +136,6 @@ def flag(angles: np.ndarray, threshold_deg: Optional[float] = None) -> Tuple[np.
     return np.asarray(angles) > threshold, threshold
 
 
-def suspects(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, threshold_deg: Optional[float]
-) -> Tuple[np.ndarray, float]:
-    """`clean`'s rule with its default (robust) centers on (normalised) embeddings: the
-    flags and the threshold. `train --drop-suspects-after` flags with this too."""
-    own, _, _ = angles_to_centers(features, labels, robust_centers(features, labels, num_classes))
-    return flag(own, threshold_deg)
-
-
 def precision_recall(flagged: Sequence[bool], truth: Sequence[bool]) -> Dict[str, float]:
     """Precision, recall and F1 of ``flagged`` against ``truth`` (noise.json's files)."""
     f, t = np.asarray(flagged, bool), np.asarray(truth, bool)

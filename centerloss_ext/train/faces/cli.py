@@ -237,31 +237,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar="N",
         help="evaluate on val/ every N epochs and after the last",
     )
-    t.add_argument(
-        "--drop-suspects-after",
-        type=positive_int,
-        default=None,
-        metavar="EPOCHS",
-        help="training through label noise: after this many epochs (the warm-up), each "
-        "epoch starts by flagging the train/ images far from their identity's center by "
-        "`clean`'s rule (on the current model) and keeps them out of the center loss and "
-        "its center update for that epoch; the counts per epoch go to metrics.json "
-        "(docs/cleaning.md measures it)",
-    )
-    t.add_argument(
-        "--drop-suspects-from",
-        choices=("center", "all"),
-        default=None,
-        help="with --drop-suspects-after: keep the suspects out of the center loss only "
-        "(center, the default) or out of the softmax loss too (all)",
-    )
-    t.add_argument(
-        "--suspect-threshold-deg",
-        type=bounded(float, 0, 180),
-        default=None,
-        help="with --drop-suspects-after: flag images more than this angle from their "
-        "identity's center (default: Otsu's cut, as `clean`)",
-    )
     t.add_argument("--seed", type=int, default=T.seed, help="initialisation, order, augmentation")
     t.add_argument(
         "--dist-timeout",

@@ -50,7 +50,6 @@ from .model import (
     init_backbone,
 )
 from .pairs import PairSet, parse_named_sets, read_pair_set
-from .suspects import DROP_FROM, FlaggedImages, epoch_counts, flag_suspects, kept_rows
 from .verify import set_metrics
 
 # options that define a run: resuming with other values would mix two runs
@@ -68,9 +67,6 @@ RUN_KEYS = MODEL_KEYS + (
     "clip_grad_norm",
     "seed",
     "augment",
-    "drop_suspects_after",
-    "drop_suspects_from",
-    "suspect_threshold_deg",
 )
 # what a run writes into --out (and `eval` beside the checkpoint): --overwrite deletes these
 OUTPUTS = (
@@ -131,9 +127,6 @@ class TrainOptions:
     no_progress: bool = False
     gallery_per_class: int = 10
     max_pairs: int = 2_000_000
-    drop_suspects_after: Optional[int] = None
-    drop_suspects_from: Optional[str] = None  # "center" when --drop-suspects-after is given
-    suspect_threshold_deg: Optional[float] = None
     log_every: int = loop.LOG_EVERY  # not a command-line option; not recorded
 
     def __post_init__(self) -> None:
@@ -147,34 +140,6 @@ class TrainOptions:
             raise TrainingError("--margin is for --head cosface or arcface")
         if self.margin is None:
             self.margin = DEFAULT_MARGIN[self.head]
-        self._check_suspect_options()
-
-    def _check_suspect_options(self) -> None:
-        after = self.drop_suspects_after
-        if after is None:
-            for flag, value in (
-                ("--drop-suspects-from", self.drop_suspects_from),
-                ("--suspect-threshold-deg", self.suspect_threshold_deg),
-            ):
-                if value is not None:
-                    raise TrainingError(f"{flag} needs --drop-suspects-after EPOCHS: add it")
-            return
-        if not 1 <= after < self.epochs:
-            raise TrainingError(
-                f"--drop-suspects-after {after}: give a warm-up of 1 to {self.epochs - 1} "
-                f"epochs (below --epochs {self.epochs}), or leave the option out"
-            )
-        if self.drop_suspects_from is None:
-            self.drop_suspects_from = "center"
-        if self.drop_suspects_from not in DROP_FROM:
-            raise TrainingError(
-                f"--drop-suspects-from {self.drop_suspects_from}: give center or all"
-            )
-        if self.suspect_threshold_deg is not None and not 0 <= self.suspect_threshold_deg <= 180:
-            raise TrainingError(
-                f"--suspect-threshold-deg {self.suspect_threshold_deg}: give an angle in "
-                "[0, 180], or leave it out for Otsu's cut"
-            )
 
     def record(self) -> Dict[str, Any]:
         """The options as metrics.json records them (the command line's keys)."""
@@ -276,7 +241,7 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, float]:
     )
     t0 = time.perf_counter()
     try:
-        for step, (x, y, flagged) in enumerate(bar, 1):
+        for step, (x, y) in enumerate(bar, 1):
             run.progress.step = step  # where a hung rank's error says this one was
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
@@ -284,7 +249,9 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, float]:
                 device.type, dtype=autocast or torch.float32, enabled=autocast is not None
             ):
                 features, logits = model(x)
-            softmax, center = _losses(run, features, logits, y, flagged)
+            # the margin heads' logits get the margin here; accuracy counts without it
+            softmax = F.cross_entropy(run.net.classifier.with_margin(logits, y), y)
+            center = center_loss(features.float(), y)
             loss = softmax + opts.center_loss_weight * center
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -315,24 +282,6 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, float]:
         "train_acc": m["acc"],
         "images_per_second": m["seen"] / (time.perf_counter() - t0),
     }
-
-
-def _losses(
-    run: Run, features: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, flagged: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The softmax and center losses of a batch. Rows flagged as suspects (see suspects.py)
-    are not given to the center loss, so they do not move the centers either; with
-    --drop-suspects-from all they are left out of the softmax loss too."""
-    # (the flags are on the host; without the option they are not even looked at)
-    kept = None if run.opts.drop_suspects_after is None else kept_rows(flagged, y.device)
-    center_rows = (features, y) if kept is None else (features[kept], y[kept])
-    center = run.center_loss(center_rows[0].float(), center_rows[1])
-    if kept is not None and run.opts.drop_suspects_from == "all":
-        logits, y = logits[kept], y[kept]
-    if y.numel() == 0:  # every row flagged: no softmax term (the mean of none is NaN)
-        return logits.sum() * 0.0, center
-    # the margin heads' logits get the margin here; accuracy counts without it
-    return F.cross_entropy(run.net.classifier.with_margin(logits, y), y), center
 
 
 def train(opts: TrainOptions) -> Dict[str, Any]:
@@ -378,12 +327,10 @@ def _train(opts: TrainOptions, ranks: ddp.Ranks, device: torch.device) -> Dict[s
             f"train/ ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''})"
             ": used for verification only"
         )
-    train_set = FlaggedImages(  # each image with its flag: --drop-suspects-after
-        ImageListDataset(
-            folders.train.samples,
-            face_transforms(opts.image_size, train=True, augment=opts.augment),
-            opts.max_image_pixels,
-        )
+    train_set = ImageListDataset(
+        folders.train.samples,
+        face_transforms(opts.image_size, train=True, augment=opts.augment),
+        opts.max_image_pixels,
     )
     generator = torch.Generator()
     sampler: Optional[DistributedSampler] = (
@@ -518,28 +465,14 @@ def _epoch(run: Run, epoch: int) -> None:
     """One epoch: train, then on rank 0 evaluate when due; the epoch's row joins the
     history as soon as its training is done (so a checkpoint saved then is consistent)."""
     opts, ranks, progress = run.opts, run.ranks, run.progress
-    t0 = time.perf_counter()
-    counts = epoch_counts()
-    if opts.drop_suspects_after is not None and epoch >= opts.drop_suspects_after:
-        # before the seeding below: the epoch's order and augmentations stay those of a
-        # run without the option (and of a resumed one: the flags come from the weights)
-        counts = flag_suspects(
-            run.net,
-            run.loader.dataset,  # type: ignore[arg-type]
-            run.folders.num_classes,
-            run.extraction(),
-            opts.suspect_threshold_deg,
-            ranks,
-        )
     epoch_seed = opts.seed * 100_003 + epoch  # same order and augmentations on resume
     torch.manual_seed(epoch_seed + ranks.rank)  # each rank its own augmentations
     run.generator.manual_seed(epoch_seed)
     if run.sampler is not None:
         run.sampler.set_epoch(epoch)
+    t0 = time.perf_counter()
     row: Dict[str, Any] = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
     row.update(train_one_epoch(run, epoch))
-    if opts.drop_suspects_after is not None:
-        row.update(counts)
     ddp.check_same_centers(run.center_loss.centers, ranks)
     progress.train_seconds += time.perf_counter() - t0
     row["train_seconds"] = round(progress.train_seconds, 1)
@@ -568,13 +501,6 @@ def _epoch(run: Run, epoch: int) -> None:
             f", {name} {row[f'verify_{name}_accuracy']:.4f}"
             for name, _ in run.verify_sets
             if f"verify_{name}_accuracy" in row
-        )
-        + (
-            f"{', ' if 'val_images' in row else '  '}{row['suspects_flagged']} suspects "
-            "out of the "
-            f"{'center' if opts.drop_suspects_from == 'center' else 'softmax and center'} loss"
-            if row.get("suspects_checked")
-            else ""
         )
         + f"  ({progress.train_seconds:.0f} s)"
     )
