@@ -205,18 +205,27 @@ def test_float_atomic_is_not_also_a_load(records):
     assert r["load_accesses"] == 0 and r["store_accesses"] == 0
 
 
-@pytest.mark.skipif(
+needs_traffic_lib = pytest.mark.skipif(
     not os.path.exists(TRAFFIC_LIB), reason="python simt_emulator/build.py --variant traffic"
 )
-def test_script_at_the_mnist_shape():
+
+
+def _script_json(shape: str) -> dict:
+    """scripts/kernel_traffic.py --shape SHAPE --json, in its own process (it loads the
+    traffic build of the emulator, which must not meet another build in this one)."""
     run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "kernel_traffic.py")]
-        + ["--shape", "128,2,10", "--json"],
+        + ["--shape", shape, "--json"],
         capture_output=True,
         text=True,
         check=True,
     )
-    res = json.loads(run.stdout)
+    return json.loads(run.stdout)
+
+
+@needs_traffic_lib
+def test_script_at_the_mnist_shape():
+    res = _script_json("128,2,10")
     keys = {
         "kernel",
         "launches",
@@ -243,21 +252,12 @@ def test_script_at_the_mnist_shape():
     assert res["step"]["predicted_us"] > res["step"]["floor_us"]
 
 
-@pytest.mark.skipif(
-    not os.path.exists(TRAFFIC_LIB), reason="python simt_emulator/build.py --variant traffic"
-)
+@needs_traffic_lib
 def test_default_step_targets_at_many_classes():
     """B = 4,096, D = 128, C = 100k: every class has at most 32 rows, so the update sums
     each one by walking its list (no atomics, each diff row and center read once); every
     kernel >= 80 % sector efficiency and the step within 1.5x of its bytes' time."""
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "kernel_traffic.py")]
-        + ["--shape", "4096,128,100000", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    res = json.loads(run.stdout)
+    res = _script_json("4096,128,100000")
     kernels = {k["kernel"].split("<")[0]: k for k in res["kernels"]}
     update = kernels["alpha_update_atomic_kernel"]
     assert update["atomics"] == 0
