@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -148,7 +149,7 @@ def main() -> None:
             cleaned = out / f"clean_{s}-{loss}"
             if not (cleaned / "summary.json").exists():
                 if cleaned.exists():
-                    subprocess.run(["rm", "-rf", str(cleaned)], check=True)
+                    shutil.rmtree(cleaned)
                 print(f"[{time.strftime('%H:%M:%S')}] clean {s}-{loss}", flush=True)
                 t0 = time.time()
                 ckpt = out / f"{s}-{loss}-noisy" / "checkpoint.pt"
