@@ -17,7 +17,7 @@
 // So a training step of alpha mode (forward_update_ + backward_features) is 3 kernels
 // and one memset on the default path, 4 kernels, one memset and at::sort's launches on
 // the deterministic one. Every scratch buffer (workspace, slots, sort outputs, the diff
-// rows update_centers_ needs) is uninitialised memory from at::detail::empty_cuda: under
+// rows the atomic update reads) is uninitialised memory from at::detail::empty_cuda: under
 // torch.use_deterministic_algorithms, at::empty would add a fill launch and a write of
 // every byte to each; only the header and the counts are zeroed, by the one memset.
 //
@@ -160,20 +160,24 @@ std::tuple<at::Tensor, at::Tensor> forward_and_update(at::Tensor& centers,
     return {loss, diff_out};
   }
   at::Tensor x = features.contiguous(), y = labels.contiguous(), c = centers.contiguous();
-  // The update reads the diff rows, so they are written even when backward needs none.
-  at::Tensor diff = need_diff ? diff_out : empty_cuda({B, D}, diff_out.options());
   // (the atomic update's row lists hold row + 1 in an int: a larger batch sorts)
-  const bool sorted = use_sorted_path(deterministic, diff.scalar_type(), c.scalar_type()) ||
+  const bool sorted = use_sorted_path(deterministic, acc_dtype(x.scalar_type(), c.scalar_type()),
+                                      c.scalar_type()) ||
                       B >= std::numeric_limits<int>::max();
+  // The atomic update's large classes add their diff rows, so that path has them written
+  // even when backward needs none; the sorted path forms d = x - c again from x.
+  at::Tensor diff = need_diff ? diff_out
+                    : sorted  ? at::Tensor()
+                              : empty_cuda({B, D}, diff_out.options());
   at::Tensor finite = empty_cuda({B}, x.options().dtype(at::kByte));
   const int64_t blocks = forward_rows_blocks(x, c);
   WorkspaceBuffer wb(x, c.size(0), /*with_classes=*/!sorted, blocks, acc_size(x, c));
   launch_forward_rows(x, y, c, with_loss ? red : Reduction::Mean, with_loss ? &loss : nullptr,
-                      &diff, &finite, wb.ws, blocks);
+                      diff.defined() ? &diff : nullptr, &finite, wb.ws, blocks);
   if (sorted) {
-    launch_alpha_update_sorted(diff, y, finite, c, alpha, wb.ws);
+    launch_alpha_update_sorted(x, y, finite, c, alpha, wb.ws);
   } else {
-    launch_alpha_update_atomic(diff, y, finite, c, alpha, wb.ws);
+    launch_alpha_update_atomic(x, diff, y, finite, c, alpha, wb.ws);
   }
   throw_if_bad_label(wb.ws, y, c.size(0));
   if (!c.is_same(centers)) centers.copy_(c);

@@ -67,12 +67,13 @@ int64_t forward_rows_blocks(const at::Tensor& x, const at::Tensor& c);
 // atomic_kernels.cu — the default (fastest) paths, for diff rows and centers of one
 // dtype T, float or double (T is then the accumulation type):
 // c_j += alpha * (sum of the finite d_i of class j) / (1 + n_j), the sum formed in T by
-// the warp of the class's list head (n_j <= kWalkRows) or with atomics in the class's
-// slot, added by its last row: either way each center element is rounded once per call.
-// Nothing when ws.bad.
-void launch_alpha_update_atomic(const at::Tensor& diff, const at::Tensor& labels,
-                                const at::Tensor& finite, at::Tensor& c, double alpha,
-                                const Workspace& ws);
+// the warp of the class's list head (n_j <= kWalkRows; it forms each d_i = x_i - c_j again
+// from x, bit for bit the forward kernel's, and reads 2 bytes an element, not 4, for
+// 16-bit features) or with atomics of the diff rows in the class's slot, added by its
+// last row: either way each center element is rounded once per call. Nothing when ws.bad.
+void launch_alpha_update_atomic(const at::Tensor& x, const at::Tensor& diff,
+                                const at::Tensor& labels, const at::Tensor& finite, at::Tensor& c,
+                                double alpha, const Workspace& ws);
 // grad_c[y_i] -= s_i * d_i, with atomics (grad_c zero-filled by the caller); rows with
 // out-of-range labels are recorded in ws.bad and skipped.
 void launch_grad_centers_atomic(const at::Tensor& grad_loss, const at::Tensor& diff,
@@ -81,7 +82,10 @@ void launch_grad_centers_atomic(const at::Tensor& grad_loss, const at::Tensor& d
 
 // segments.cu — the deterministic paths (and every dtype the atomic ones do not take):
 // per-class sums over the label-sorted rows in chunks of kChunkRows, in a fixed order.
-void launch_alpha_update_sorted(const at::Tensor& diff, const at::Tensor& labels,
+// The alpha rule reads x and forms each d_i = x_i - c_j again, bit for bit the forward
+// kernel's (the chunk reads each class's center element once; 16-bit x: 2 bytes an
+// element where the diff row would be 4).
+void launch_alpha_update_sorted(const at::Tensor& x, const at::Tensor& labels,
                                 const at::Tensor& finite, at::Tensor& c, double alpha,
                                 const Workspace& ws);
 // ... rows with out-of-range labels are recorded in ws.bad and left out.

@@ -82,6 +82,25 @@ __device__ __forceinline__ void store4(T* p, const acc_t in[4]) {
   *reinterpret_cast<Vec4<T>*>(p) = q;
 }
 
+// kPerLane (4 or 1) consecutive elements: one aligned vector, or one element.
+template <int kPerLane, typename acc_t, typename T>
+__device__ __forceinline__ void load_cols(const T* p, acc_t out[kPerLane]) {
+  if constexpr (kPerLane == 4) {
+    load4(p, out);
+  } else {
+    out[0] = static_cast<acc_t>(p[0]);
+  }
+}
+
+template <int kPerLane, typename acc_t, typename T>
+__device__ __forceinline__ void store_cols(T* p, const acc_t in[kPerLane]) {
+  if constexpr (kPerLane == 4) {
+    store4(p, in);
+  } else {
+    p[0] = static_cast<T>(in[0]);
+  }
+}
+
 inline bool aligned4(const void* p, size_t elem_size) {
   return reinterpret_cast<uintptr_t>(p) % (4 * elem_size) == 0;
 }

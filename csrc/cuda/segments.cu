@@ -40,15 +40,16 @@ struct Slots {
   uint8_t* has_last;  // whether the chunk's last piece goes on (the class starts a split)
 };
 
-// Row sources: the value a row adds to its class's sum, and whether it counts.
-template <typename diff_t, typename acc_t>
-struct UpdateRows {  // alpha rule: d_i of finite rows (the forward kernel wrote both)
-  const diff_t* diff;
-  const uint8_t* finite;
+// Row sources: the value a row adds to its class's sum (given the class's `center`
+// element as the finisher's start() read it), and whether it counts.
+template <typename feat_t, typename acc_t>
+struct UpdateRows {       // alpha rule: d_i = x_i - c of finite rows (the forward kernel's flags)
+  const feat_t* x;        // d formed again in acc_t, bit for bit the forward kernel's diff row,
+  const uint8_t* finite;  // from x: 2 bytes an element for 16-bit features, not 4
   int64_t D;
   __device__ bool counts(int64_t row, int64_t) const { return finite[row]; }
-  __device__ acc_t value(int64_t row, int64_t col) const {
-    return static_cast<acc_t>(diff[row * D + col]);
+  __device__ acc_t value(int64_t row, int64_t col, acc_t center) const {
+    return static_cast<acc_t>(x[row * D + col]) - center;
   }
 };
 
@@ -63,21 +64,24 @@ struct GradRows {  // d loss / d c: -s_i d_i; rows with out-of-range labels are 
     atomicMax(bad, static_cast<unsigned long long>(B - row));
     return false;
   }
-  __device__ acc_t value(int64_t row, int64_t col) const {
+  __device__ acc_t value(int64_t row, int64_t col, acc_t) const {
     return -g.template at<acc_t>(row) * static_cast<acc_t>(diff[row * D + col]);
   }
 };
 
-// Finishers: what a class's complete sum (over n counted rows) becomes.
+// Finishers: what a class's complete sum (over n counted rows) becomes; start() is read
+// once per class and column before its rows (a valid label only) and handed to both.
 template <typename center_t, typename acc_t>
 struct AlphaFinish {
   center_t* c;
   int64_t D;
   acc_t alpha;
-  __device__ void operator()(int64_t label, int64_t col, acc_t sum, int n) const {
+  __device__ acc_t start(int64_t label, int64_t col) const {
+    return static_cast<acc_t>(c[label * D + col]);
+  }
+  __device__ void operator()(int64_t label, int64_t col, acc_t sum, int n, acc_t center) const {
     if (n == 0) return;  // only non-finite rows: as if absent
-    center_t* p = c + label * D + col;
-    *p = static_cast<center_t>(static_cast<acc_t>(*p) + alpha * sum / static_cast<acc_t>(1 + n));
+    c[label * D + col] = static_cast<center_t>(center + alpha * sum / static_cast<acc_t>(1 + n));
   }
 };
 
@@ -85,7 +89,8 @@ template <typename center_t, typename acc_t>
 struct GradFinish {
   center_t* grad_c;
   int64_t D;
-  __device__ void operator()(int64_t label, int64_t col, acc_t sum, int n) const {
+  __device__ acc_t start(int64_t, int64_t) const { return acc_t(0); }  // labels not checked yet
+  __device__ void operator()(int64_t label, int64_t col, acc_t sum, int n, acc_t) const {
     if (n > 0) grad_c[label * D + col] = static_cast<center_t>(sum);
   }
 };
@@ -116,12 +121,13 @@ __global__ void __launch_bounds__(kColumns)
   auto walk = [&](int64_t col) {
     for (int start = 0; start < n;) {
       const int64_t L = label[start];
+      const acc_t center = col >= 0 ? finish.start(L, col) : acc_t(0);
       acc_t sum = 0;
       int cnt = 0, end = start;
       for (; end < n && label[end] == L; ++end) {
         if (!counted[end]) continue;
         ++cnt;
-        if (col >= 0) sum += rows.value(row[end], col);
+        if (col >= 0) sum += rows.value(row[end], col, center);
       }
       const bool first = start == 0 && from_left;
       const bool last = end == n && to_right;
@@ -136,7 +142,7 @@ __global__ void __launch_bounds__(kColumns)
       } else if (last) {
         slots.last[w * D + col] = sum;
       } else {
-        finish(L, col, sum, cnt);
+        finish(L, col, sum, cnt, center);
       }
       start = end;
     }
@@ -208,7 +214,7 @@ __global__ void __launch_bounds__(kSplitColumns* kSplitGroups)
         total += part[k][x];
         n += part_n[k];
       }
-      finish(L, col, total, n);
+      finish(L, col, total, n, finish.start(L, col));
     }
     __syncthreads();
   }
@@ -253,24 +259,25 @@ void run_sorted(const at::Tensor& labels, int64_t D, Rows rows, Finish finish,
 
 }  // namespace
 
-void launch_alpha_update_sorted(const at::Tensor& diff, const at::Tensor& labels,
+void launch_alpha_update_sorted(const at::Tensor& x, const at::Tensor& labels,
                                 const at::Tensor& finite, at::Tensor& c, double alpha,
                                 const Workspace& ws) {
-  const int64_t D = diff.size(1);
-  AT_DISPATCH_FLOATING_TYPES(diff.scalar_type(), "centerloss_update_sorted", [&] {
-    using diff_t = scalar_t;  // the forward kernel's rows, in the accumulation type
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_update_sorted_c", [&] {
-          using center_t = scalar_t;
-          using acc_t = acc_type<diff_t, center_t>;
-          run_sorted<acc_t>(
-              labels, D,
-              UpdateRows<diff_t, acc_t>{diff.const_data_ptr<diff_t>(),
-                                        finite.const_data_ptr<uint8_t>(), D},
-              AlphaFinish<center_t, acc_t>{c.data_ptr<center_t>(), D, static_cast<acc_t>(alpha)},
-              ws.bad);
-        });
-  });
+  const int64_t D = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "centerloss_update_sorted", [&] {
+        using feat_t = scalar_t;
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, c.scalar_type(), "centerloss_update_sorted_c", [&] {
+              using center_t = scalar_t;
+              using acc_t = acc_type<feat_t, center_t>;  // the forward kernel's diff rows'
+              run_sorted<acc_t>(labels, D,
+                                UpdateRows<feat_t, acc_t>{x.const_data_ptr<feat_t>(),
+                                                          finite.const_data_ptr<uint8_t>(), D},
+                                AlphaFinish<center_t, acc_t>{c.data_ptr<center_t>(), D,
+                                                             static_cast<acc_t>(alpha)},
+                                ws.bad);
+            });
+      });
 }
 
 void launch_grad_centers_sorted(const at::Tensor& grad_loss, const at::Tensor& diff,

@@ -367,3 +367,51 @@ def test_atomic_update_class_sizes_around_the_walk_limit(D, offset):
         out, expected, rtol=0, atol=64 * torch.finfo(torch.float32).eps * 100
     )
     assert torch.equal(out[40:], c[40:])
+
+
+def _on_device(t, offset):
+    """A copy of t on the device, `offset` elements into its allocation (1: no 4-element
+    vector is aligned, so the kernels take their element-wise loops)."""
+    flat = torch.zeros(t.numel() + offset, dtype=t.dtype, device=DEV)
+    return flat[offset:].view(t.shape).copy_(t)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize(
+    "dtype, centers_dtype",
+    [
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.bfloat16, torch.float64),
+        (torch.float32, torch.float64),
+        (torch.float64, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.float16),
+    ],
+)
+@pytest.mark.parametrize("D, offset", [(3, 0), (8, 1), (128, 0), (128, 1)])
+def test_update_forms_differences_from_features_of_every_dtype(
+    dtype, centers_dtype, D, offset, deterministic
+):
+    """Both update paths read x and form d = x - c again in the accumulation type (the
+    atomic path's list walk, classes of up to 32 rows; the sorted path's chunks): every
+    dtype pair, classes of 1-40 rows, aligned and not, non-finite rows left out; the CPU's
+    centers within the order of the additions (one rounding to the centers' dtype)."""
+    g = torch.Generator().manual_seed(D + offset)
+    C = 45
+    y = torch.cat([torch.full((k + 1,), k) for k in range(40)])
+    y = y[torch.randperm(len(y), generator=g)]
+    x = (10 + torch.randn(len(y), D, generator=g, dtype=torch.float64)).to(dtype)
+    x[7, D - 1] = float("nan")
+    x[11] = float("inf")
+    c = (10 + torch.randn(C, D, generator=g, dtype=torch.float64)).to(centers_dtype)
+    expected = c.clone()
+    cl.update_centers_(expected, x, y, 0.6)
+    cd = _on_device(c, offset)
+    cl.update_centers_(cd, _on_device(x, offset), y.to(DEV), 0.6, deterministic=deterministic)
+    out = cd.cpu()
+    acc = torch.float64 if torch.float64 in (dtype, centers_dtype) else torch.float32
+    atol = 2 * torch.finfo(centers_dtype).eps * 16 + 64 * torch.finfo(acc).eps * 16
+    torch.testing.assert_close(out, expected, rtol=0, atol=atol)
+    assert torch.equal(out[40:], c[40:])
+    assert not torch.equal(out[:40], c[:40])

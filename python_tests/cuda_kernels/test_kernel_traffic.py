@@ -210,12 +210,12 @@ needs_traffic_lib = pytest.mark.skipif(
 )
 
 
-def _script_json(shape: str) -> dict:
+def _script_json(shape: str, *options: str) -> dict:
     """scripts/kernel_traffic.py --shape SHAPE --json, in its own process (it loads the
     traffic build of the emulator, which must not meet another build in this one)."""
     run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "kernel_traffic.py")]
-        + ["--shape", shape, "--json"],
+        + ["--shape", shape, "--json", *options],
         capture_output=True,
         text=True,
         check=True,
@@ -253,14 +253,23 @@ def test_script_at_the_mnist_shape():
 
 
 @needs_traffic_lib
-def test_default_step_targets_at_many_classes():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_default_step_targets_at_many_classes(dtype):
     """B = 4,096, D = 128, C = 100k: every class has at most 32 rows, so the update sums
-    each one by walking its list (no atomics, each diff row and center read once); every
-    kernel >= 80 % sector efficiency and the step within 1.5x of its bytes' time."""
-    res = _script_json("4096,128,100000")
+    each one by walking its list (no atomics, each row of x and each center read once:
+    for bfloat16 features, 2 bytes an element where the float32 diff row would be 4);
+    every kernel >= 80 % sector efficiency and the step within 1.5x of its bytes' time."""
+    B, D = 4096, 128
+    res = _script_json(f"{B},{D},100000", "--dtype", dtype)
     kernels = {k["kernel"].split("<")[0]: k for k in res["kernels"]}
     update = kernels["alpha_update_atomic_kernel"]
     assert update["atomics"] == 0
+    # Below what reading the float32 diff rows (B x D x 4) and each center twice costs,
+    # before the labels, flags and lists (about 5 sectors a row: 160 B); for float32 x,
+    # the same as those rows.
+    row_bytes = B * D * (2 if dtype == "bfloat16" else 4)
+    centers = 2 * res["step"]["classes_in_batch"] * D * 4
+    assert row_bytes + centers < update["bytes"] < row_bytes + centers + 192 * B
     for name in ("forward_rows_kernel", "alpha_update_atomic_kernel", "grad_features_kernel"):
         assert kernels[name]["sector_efficiency"] >= 0.8, name
     assert res["step"]["memory_ratio"] <= 1.5
