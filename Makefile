@@ -134,16 +134,18 @@ test-cuda-asan: build system-deps
 # subset of the kernel tests that still launches every kernel on every path: the atomic
 # (float32, float64) and sorted (16-bit; deterministic) updates, both update modes, the
 # last-block loss reduction (mean) and per-row losses (none), small and odd sizes, a class
-# over many chunks, the mixed-class slots of the atomic update, bfloat16 rows read by both
-# updates (narrow and vector rows), bad labels; the rest of the dtype grid repeats the
-# same instructions with other types
+# over many chunks, split classes at most chunk boundaries (the last block to arrive sums
+# them), the mixed-class slots of the atomic update, bfloat16 rows read by both updates
+# (narrow and vector rows), bad labels (long runs of them too); the rest of the dtype
+# grid repeats the same instructions with other types
 RACE_TESTS ?= python_tests/cuda_kernels python_tests/ops/test_bad_input.py
 RACE_SELECT ?= race_detector or bad_label or label_check_off or mixed_classes or walk_limit \
 	or (matches_cpu and (dtype0-centers_dtype0-mean-alpha-False or dtype0-centers_dtype0-mean-optimizer-False \
 	  or dtype0-centers_dtype0-none-alpha-True or dtype2-centers_dtype3-mean-optimizer-True \
 	  or dtype1-centers_dtype1-mean-alpha-False)) \
 	or (test_sizes and (-1-1-1 or 10-0-3 or 63-3-7 or 65-5-2)) or test_one_class_over_many_chunks[577] \
-	or (every_dtype and (3-0-dtype1 or 128-0-dtype1)) or test_bad_input
+	or (every_dtype and (3-0-dtype1 or 128-0-dtype1)) or (everywhere and not 300) or long_runs \
+	or test_bad_input
 RACE_REPORTS = build/emu/race/reports
 test-cuda-race: build system-deps
 	$(PY) simt_emulator/build.py --variant race

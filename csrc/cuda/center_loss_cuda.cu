@@ -6,16 +6,16 @@
 //   forward                  memset of the workspace header, forward rows kernel.
 //   forward_update_ /        memset of the header and O(C) counts, forward rows, atomic
 //   update_centers_            update: 2 kernels.
-//     deterministic=True,    memset of the header, forward rows, then the sorted path:
-//     or a dtype pair the      at::sort of the labels (torch's own launches; one more
-//     atomics do not take      copy first for int32 labels), chunk kernel, split-class
-//                              kernel: 3 kernels + at::sort's.
+//     deterministic=True,    memset of the header and O(C) counts, forward rows, then
+//     or a dtype pair the      the sorted path: at::sort of the labels (torch's own
+//     atomics do not take      launches; one more copy first for int32 labels), chunk
+//                              kernel: 2 kernels + at::sort's.
 //   backward_features        grad rows kernel: 1.
-//   backward_centers         zero fill of the dense gradient, memset of the header, then
-//                              the atomic kernel (1) or the sorted path as above (2 +
-//                              at::sort's).
+//   backward_centers         zero fill of the dense gradient, memset of the header (and
+//                              the counts when sorted), then the atomic kernel (1) or
+//                              the sorted path as above (1 + at::sort's).
 // So a training step of alpha mode (forward_update_ + backward_features) is 3 kernels
-// and one memset on the default path, 4 kernels, one memset and at::sort's launches on
+// and one memset on the default path, 3 kernels, one memset and at::sort's launches on
 // the deterministic one. Every scratch buffer (workspace, slots, sort outputs, the diff
 // rows the atomic update reads) is uninitialised memory from at::detail::empty_cuda: under
 // torch.use_deterministic_algorithms, at::empty would add a fill launch and a write of
@@ -39,13 +39,14 @@
 namespace centerloss {
 namespace cuda {
 
-WorkspaceBuffer::WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_classes,
+WorkspaceBuffer::WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, PerClass per_class,
                                  int64_t num_partials, size_t partial_size) {
   constexpr int64_t header = 16;  // bad (8 bytes), blocks_done (4), slots_used (4)
   auto align8 = [](int64_t bytes) { return (bytes + 7) / 8 * 8; };
   const int64_t B = like.size(0);
-  const int64_t counts_bytes = with_classes ? align8(4 * num_classes) : 0;
-  const int64_t heads_bytes = counts_bytes;
+  const bool with_classes = per_class == PerClass::Lists;
+  const int64_t counts_bytes = per_class != PerClass::None ? align8(4 * num_classes) : 0;
+  const int64_t heads_bytes = with_classes ? counts_bytes : 0;
   const int64_t next_bytes = with_classes ? align8(4 * B) : 0;
   const int64_t partials_bytes = align8(num_partials * static_cast<int64_t>(partial_size));
   // A slot per class of more than kWalkRows rows: at most B / (kWalkRows + 1), and C.
@@ -61,7 +62,7 @@ WorkspaceBuffer::WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bo
   ws.blocks_done = reinterpret_cast<unsigned int*>(base + 8);
   ws.slots_used = reinterpret_cast<unsigned int*>(base + 12);
   uint8_t* p = base + header;
-  ws.counts = with_classes ? reinterpret_cast<int*>(p) : nullptr;
+  ws.counts = per_class != PerClass::None ? reinterpret_cast<int*>(p) : nullptr;
   p += counts_bytes;
   ws.heads = with_classes ? reinterpret_cast<int*>(p) : nullptr;
   p += heads_bytes;
@@ -134,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& features,
   }
   at::Tensor x = features.contiguous(), y = labels.contiguous(), c = centers.contiguous();
   const int64_t blocks = forward_rows_blocks(x, c);
-  WorkspaceBuffer wb(x, c.size(0), /*with_classes=*/false, blocks, acc_size(x, c));
+  WorkspaceBuffer wb(x, c.size(0), PerClass::None, blocks, acc_size(x, c));
   launch_forward_rows(x, y, c, red, &loss, need_diff ? &diff : nullptr, nullptr, wb.ws, blocks);
   throw_if_bad_label(wb.ws, y, c.size(0));
   return {loss, diff};
@@ -171,7 +172,8 @@ std::tuple<at::Tensor, at::Tensor> forward_and_update(at::Tensor& centers,
                               : empty_cuda({B, D}, diff_out.options());
   at::Tensor finite = empty_cuda({B}, x.options().dtype(at::kByte));
   const int64_t blocks = forward_rows_blocks(x, c);
-  WorkspaceBuffer wb(x, c.size(0), /*with_classes=*/!sorted, blocks, acc_size(x, c));
+  WorkspaceBuffer wb(x, c.size(0), sorted ? PerClass::Counts : PerClass::Lists, blocks,
+                     acc_size(x, c));
   launch_forward_rows(x, y, c, with_loss ? red : Reduction::Mean, with_loss ? &loss : nullptr,
                       diff.defined() ? &diff : nullptr, &finite, wb.ws, blocks);
   if (sorted) {
@@ -225,8 +227,10 @@ at::Tensor backward_centers_cuda(const at::Tensor& grad_loss, const at::Tensor& 
   at::Tensor out = empty_cuda({num_classes, d.size(1)}, d.options().dtype(centers_dtype));
   out.zero_();
   if (d.size(0) == 0) return out;
-  WorkspaceBuffer wb(d, num_classes, /*with_classes=*/false, /*num_partials=*/0, 0);
-  if (use_sorted_path(deterministic, d.scalar_type(), centers_dtype)) {
+  const bool sorted = use_sorted_path(deterministic, d.scalar_type(), centers_dtype);
+  WorkspaceBuffer wb(d, num_classes, sorted ? PerClass::Counts : PerClass::None,
+                     /*num_partials=*/0, 0);
+  if (sorted) {
     launch_grad_centers_sorted(g, d, y, red, out, wb.ws);
   } else {
     launch_grad_centers_atomic(g, d, y, red, out, wb.ws);

@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kBlock)
       }
       const bool ok = probe == acc_t(0);
       if (finite) finite[row] = ok;
-      if (ws.counts && ok) {  // link the row into its class's list, for the update kernel
+      if (ws.heads && ok) {  // link the row into its class's list, for the update kernel
         const int rank = atomicAdd(ws.counts + label, 1);
         ws.next[row] = atomicExch(ws.heads + label, static_cast<int>(row + 1));
         if (rank == kWalkRows) {
@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kBlock)
         }
       }
     }
-    if (ws.counts) {  // a large class's sum starts at zero (read in the next launch)
+    if (ws.heads) {  // a large class's sum starts at zero (read in the next launch)
       slot = __shfl_sync(0xffffffffu, slot, lane - sub);
       if (slot >= 0) {
         acc_t* sr = static_cast<acc_t*>(ws.sums) + static_cast<int64_t>(slot) * D;

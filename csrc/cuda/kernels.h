@@ -19,7 +19,8 @@ constexpr int kWalkRows = 32;
 //       first row); every kernel that writes centers returns early when it is set.
 //  blocks_done: the last-block-done counter of the loss reduction.
 //  slots_used: class-sum slots handed out so far (atomic update path).
-//  counts: per-class number of finite rows (atomic update path only; O(C) ints).
+//  counts: O(C) ints: per-class number of finite rows (atomic update path), or per-class
+//          arrivals of the blocks holding a piece of a split class (sorted paths).
 //  partials: one loss partial per block of the forward kernel (not zeroed).
 // The atomic update's row lists and class sums, not zeroed (the forward kernel writes
 // each entry the update kernel reads; a list is walked for exactly its class's count of
@@ -43,19 +44,23 @@ struct Workspace {
   void* sums;
 };
 
+// What a call needs per class: nothing (forward, atomic center gradient), the zeroed
+// counts (sorted paths), or the counts with the atomic update's row lists and slots.
+enum class PerClass { None, Counts, Lists };
+
 struct WorkspaceBuffer {
   at::Tensor storage;
   Workspace ws;
-  // Allocates (uninitialised) and zeroes what needs zeroing: O(num_classes) counts when
-  // with_classes, which also lays out the row lists and class sums for `like`'s B x D
+  // Allocates (uninitialised) and zeroes what needs zeroing: O(num_classes) counts unless
+  // PerClass::None; Lists also lays out the row lists and class sums for `like`'s B x D
   // rows, in elements of partial_size bytes (the accumulation type).
-  WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, bool with_classes,
+  WorkspaceBuffer(const at::Tensor& like, int64_t num_classes, PerClass per_class,
                   int64_t num_partials, size_t partial_size);
 };
 
 // forward_kernels.cu — one warp per row: d = x - c[y] in the accumulation type, per-row
 // loss (reduced in the same launch by the last block, in a fixed order), the diff rows
-// and finite flags when asked, and when ws.counts is set the per-class counts, row lists
+// and finite flags when asked, and when ws.heads is set the per-class counts, row lists
 // and zeroed slots of the atomic update (G lanes a row: lanes_per_row). Rows with
 // out-of-range labels are recorded in ws.bad and never read c.
 void launch_forward_rows(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& c,

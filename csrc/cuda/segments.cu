@@ -4,14 +4,15 @@
 // sums each class's rows of its chunk column by column, in order. A class inside one
 // chunk is finished there; a class split over several chunks leaves one partial sum per
 // chunk in its slots (a chunk's first piece: rows of a class that began in an earlier
-// chunk; its last piece: rows of a class that goes on into the next), and the
-// split-class kernel adds a class's slots up in a fixed order, in parallel over the
-// slots. Every sum has one fixed order, so results are bit-identical run to run, and no
-// center is read by one block while another writes it.
+// chunk; its last piece: rows of a class that goes on into the next). The last block to
+// write a piece of a split class (any chunk, any column tile; a counter per class, from
+// the workspace's one memset) adds the class's slots up in chunk order, the CPU's, and
+// finishes it. Every sum has one fixed order, so results are bit-identical run to run,
+// and no center is read by one block while another writes it.
 //
-// Launches: a copy of int32 labels to int64 (int32 labels only), at::sort's own, the
-// chunk kernel and the split-class kernel. Wide rows: both kernels loop over column
-// tiles beyond a fixed number of tiles per launch (never a grid over the 65535 limit).
+// Launches: a copy of int32 labels to int64 (int32 labels only), at::sort's own and the
+// chunk kernel. Wide rows: the chunk kernel loops over column tiles beyond a fixed
+// number of tiles per launch (never a grid over the 65535 limit).
 #include <ATen/Dispatch.h>
 
 #include "kernels.h"
@@ -20,24 +21,58 @@ namespace centerloss {
 namespace cuda {
 namespace {
 
-constexpr int kColumns = 128;      // threads of a chunk block: one column each
-constexpr int kSplitColumns = 32;  // threads of a split-class block: 32 columns ...
-constexpr int kSplitGroups = 8;    // ... by 8 groups, group g summing slots g, g + 8, ...
-// Column tiles per launch (grid.y), far below the 65535 limit: wider rows loop over
-// tiles (D > 65536 in the chunk kernel, D > 32768 in the split-class kernel), which
-// still leaves thousands of blocks per chunk.
+constexpr int kColumns = 128;  // threads of a chunk block: one column each
+// Column tiles per launch (grid.y), far below the 65535 limit: wider rows (D > 65536)
+// loop over tiles, which still leaves thousands of blocks per chunk.
 constexpr int64_t kMaxTiles = 512;
-constexpr int64_t kMaxSplitTiles = 1024;
-static_assert(kMaxTiles <= kMaxGridY && kMaxSplitTiles <= kMaxGridY);
+static_assert(kMaxTiles <= kMaxGridY);
+// A split class's counter reaches kArrived when every block holding a piece of it has
+// added its piece: the block that starts it adds kArrived - (blocks - 1), the others 1.
+constexpr int kArrived = 1 << 30;
 
-// The slots of the split classes, two per chunk.
+// The slots of the split classes, two per chunk, and their arrival counters.
 template <typename acc_t>
 struct Slots {
-  acc_t* first;       // (chunks, D): the chunk's first piece, when its class began earlier
-  acc_t* last;        // (chunks, D): the chunk's last piece, when its class goes on
-  int* first_n;       // rows counted in the first piece
-  int* last_n;        // ... in the last piece
-  uint8_t* has_last;  // whether the chunk's last piece goes on (the class starts a split)
+  acc_t* first;         // (chunks, D): the chunk's first piece, when its class began earlier
+  acc_t* last;          // (chunks, D): the chunk's last piece, when its class goes on
+  int* first_n;         // rows counted in the first piece
+  int* last_n;          // ... in the last piece
+  int* arrived;         // per class (zeroed): the blocks that have written a piece of it
+  int64_t num_classes;  // labels outside [0, num_classes) (backward's bad rows) never count
+};
+
+// The run of class L in the sorted labels, given a position p of it: its last position
+// (below B) and its first; by bisection, a read of 8 bytes per step.
+__device__ int64_t run_last(const int64_t* __restrict__ sorted, int64_t B, int64_t p, int64_t L) {
+  int64_t lo = p, hi = B;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (sorted[mid] == L) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+__device__ int64_t run_first(const int64_t* __restrict__ sorted, int64_t p, int64_t L) {
+  int64_t lo = -1, hi = p;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (sorted[mid] == L) {
+      hi = mid;
+    } else {
+      lo = mid;
+    }
+  }
+  return hi;
+}
+
+// A split class the block found itself last to write: its chunks w0 .. w1.
+struct SplitRun {
+  int64_t label, w0, w1;
+  int n;  // rows counted over all its pieces
 };
 
 // Row sources: the value a row adds to its class's sum (given the class's `center`
@@ -96,6 +131,10 @@ struct GradFinish {
 };
 
 // One block per chunk (blockIdx.x) and column tile (blockIdx.y, striding by gridDim.y).
+// ptxas-spill-ok: chunk_kernel: 20 bytes stored, 36 loaded, in the center gradient's
+// instantiations on sm_80 (ptxas keeps them at 32 registers; none on sm_90, none in the
+// update's): since the block that arrives last at a split class sums it here, a few
+// stack slots that stay in L1 beside rows read from memory.
 template <typename acc_t, typename Rows, typename Finish>
 __global__ void __launch_bounds__(kColumns)
     chunk_kernel(const int64_t* __restrict__ sorted, const int64_t* __restrict__ order, int64_t B,
@@ -147,83 +186,72 @@ __global__ void __launch_bounds__(kColumns)
       start = end;
     }
   };
-  if (blockIdx.y == 0 && threadIdx.x == 0) {
-    slots.has_last[w] = to_right && !(from_left && label[0] == label[n - 1]);
-    walk(-1);
-  }
+  if (blockIdx.y == 0 && threadIdx.x == 0) walk(-1);
   for (int64_t col = static_cast<int64_t>(blockIdx.y) * kColumns + threadIdx.x; col < D;
        col += static_cast<int64_t>(gridDim.y) * kColumns)
     walk(col);
-}
 
-// One block per chunk whose last piece starts a split class (the others return at
-// once) and column tile: the class's slots (that last piece, then the first pieces of
-// the chunks it goes on into) summed by kSplitGroups groups side by side, each in slot
-// order, then the groups' sums in group order.
-template <typename acc_t, typename Finish>
-__global__ void __launch_bounds__(kSplitColumns* kSplitGroups)
-    split_class_kernel(const int64_t* __restrict__ sorted, int64_t B, int64_t D, Finish finish,
-                       Slots<acc_t> slots, const unsigned long long* stop) {
-  // One thread reads the block's scalars (the stop flag, has_last, the class and the
-  // bisection) and shares them: per warp they would be 8 requests of a sector each, and
-  // most blocks (chunks that start no split, column tiles) read nothing else.
-  __shared__ int64_t label_shared, slots_shared;
-  const int64_t w = blockIdx.x;
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    slots_shared = 0;
-    if ((stop == nullptr || *stop == 0) && slots.has_last[w]) {
-      // Chunk w is full (its class goes on), so its last row is of the class; the run of
-      // that class ends in the chunk found by bisection: sorted[lo] stays L.
-      const int64_t L = sorted[(w + 1) * kChunkRows - 1];
-      int64_t lo = (w + 1) * kChunkRows, hi = B;
-      while (hi - lo > 1) {
-        const int64_t mid = lo + (hi - lo) / 2;
-        if (sorted[mid] == L) {
-          lo = mid;
-        } else {
-          hi = mid;
-        }
+  // Split classes: the block arrives at the counter of each class it holds a piece of
+  // (its first piece: a class from the left; its last piece: one that starts here and goes
+  // on); the last block to arrive sums the class's slots. Uniform per block.
+  const bool starts_split = to_right && !(from_left && label[0] == label[n - 1]);
+  if (!from_left && !starts_split) return;
+  __shared__ SplitRun runs[2];
+  __shared__ int num_runs;
+  __threadfence();  // this thread's slot columns (and counts), visible before the arrival
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    num_runs = 0;
+    auto counts_here = [&](int64_t L) { return L >= 0 && L < slots.num_classes; };
+    if (from_left && counts_here(label[0])) {
+      const int64_t L = label[0];
+      if (atomicAdd(slots.arrived + L, 1) + 1 == kArrived) {
+        const bool goes_on = to_right && label[n - 1] == L;
+        runs[num_runs++] = {L, run_first(sorted, p0 - 1, L) / kChunkRows,
+                            goes_on ? run_last(sorted, B, p0 + n, L) / kChunkRows : w, 0};
       }
-      label_shared = L;
-      slots_shared = lo / kChunkRows - w + 1;
+    }
+    if (starts_split && counts_here(label[n - 1])) {
+      const int64_t L = label[n - 1];
+      int64_t w1 = -1;
+      int add = 1;
+      if (blockIdx.y == 0) {  // the class's start: it knows how many blocks will arrive
+        w1 = run_last(sorted, B, p0 + n, L) / kChunkRows;
+        add = kArrived - static_cast<int>((w1 - w + 1) * gridDim.y - 1);
+      }
+      if (atomicAdd(slots.arrived + L, add) + add == kArrived) {
+        if (w1 < 0) w1 = run_last(sorted, B, p0 + n, L) / kChunkRows;
+        runs[num_runs++] = {L, w, w1, 0};
+      }
+    }
+    __threadfence();  // every other block's pieces, visible to the reads below
+    for (int r = 0; r < num_runs; ++r) {
+      const volatile int* last_n = slots.last_n;
+      const volatile int* first_n = slots.first_n;
+      int cnt = last_n[runs[r].w0];
+      for (int64_t j = runs[r].w0 + 1; j <= runs[r].w1; ++j) cnt += first_n[j];
+      runs[r].n = cnt;
     }
   }
   __syncthreads();
-  const int64_t num_slots = slots_shared;
-  if (num_slots == 0) return;  // the same for every thread of the block
-  const int64_t L = label_shared;
-  __shared__ acc_t part[kSplitGroups][kSplitColumns];
-  __shared__ int part_n[kSplitGroups];
-  const int x = threadIdx.x, g = threadIdx.y;
-  const int64_t tiles = (D + kSplitColumns - 1) / kSplitColumns;
-  for (int64_t tile = blockIdx.y; tile < tiles; tile += gridDim.y) {  // uniform per block
-    const int64_t col = tile * kSplitColumns + x;
-    acc_t sum = 0;
-    int cnt = 0;
-    for (int64_t j = g; j < num_slots; j += kSplitGroups) {
-      if (col < D) sum += j == 0 ? slots.last[w * D + col] : slots.first[(w + j) * D + col];
-      if (x == 0) cnt += j == 0 ? slots.last_n[w] : slots.first_n[w + j];  // read by x == 0
+  __threadfence();
+  for (int r = 0; r < num_runs; ++r) {
+    const SplitRun run = runs[r];
+    const volatile acc_t* last = slots.last;  // past L1: other SMs wrote them
+    const volatile acc_t* first = slots.first;
+    for (int64_t col = threadIdx.x; col < D; col += kColumns) {  // every column of the class
+      acc_t sum = last[run.w0 * D + col];
+      for (int64_t j = run.w0 + 1; j <= run.w1; ++j) sum += first[j * D + col];
+      finish(run.label, col, sum, run.n, finish.start(run.label, col));
     }
-    part[g][x] = sum;
-    if (x == 0) part_n[g] = cnt;
-    __syncthreads();
-    if (g == 0 && col < D) {
-      acc_t total = 0;
-      int n = 0;
-      for (int k = 0; k < kSplitGroups; ++k) {
-        total += part[k][x];
-        n += part_n[k];
-      }
-      finish(L, col, total, n, finish.start(L, col));
-    }
-    __syncthreads();
   }
 }
 
-// Sorts the labels, allocates the slots and runs both kernels.
+// Sorts the labels, allocates the slots and runs the chunk kernel. `arrived`: a zeroed
+// int per class (the workspace's counts).
 template <typename acc_t, typename Rows, typename Finish>
 void run_sorted(const at::Tensor& labels, int64_t D, Rows rows, Finish finish,
-                const unsigned long long* stop) {
+                const unsigned long long* stop, int* arrived, int64_t num_classes) {
   const int64_t B = labels.size(0);
   if (B == 0 || D == 0) return;  // nothing to sum (and a zero grid dimension is an error)
   const auto opts = labels.options().dtype(at::kLong);
@@ -238,22 +266,18 @@ void run_sorted(const at::Tensor& labels, int64_t D, Rows rows, Finish finish,
   const int64_t chunks = (B + kChunkRows - 1) / kChunkRows;
   at::Tensor sums = empty_cuda({2, chunks, D}, opts.dtype(c10::CppTypeToScalarType<acc_t>::value));
   at::Tensor meta_n = empty_cuda({2, chunks}, opts.dtype(at::kInt));
-  at::Tensor has_last = empty_cuda({chunks}, opts.dtype(at::kByte));
-  Slots<acc_t> slots{sums.data_ptr<acc_t>(), sums.data_ptr<acc_t>() + chunks * D,
-                     meta_n.data_ptr<int>(), meta_n.data_ptr<int>() + chunks,
-                     has_last.data_ptr<uint8_t>()};
+  Slots<acc_t> slots{sums.data_ptr<acc_t>(),
+                     sums.data_ptr<acc_t>() + chunks * D,
+                     meta_n.data_ptr<int>(),
+                     meta_n.data_ptr<int>() + chunks,
+                     arrived,
+                     num_classes};
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t* sp = sorted.const_data_ptr<int64_t>();
   const dim3 grid(static_cast<unsigned>(chunks),
                   static_cast<unsigned>(std::min((D + kColumns - 1) / kColumns, kMaxTiles)));
   chunk_kernel<acc_t><<<grid, kColumns, 0, stream>>>(sp, order.const_data_ptr<int64_t>(), B, D,
                                                      rows, finish, slots, stop);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const dim3 split_grid(
-      static_cast<unsigned>(chunks),
-      static_cast<unsigned>(std::min((D + kSplitColumns - 1) / kSplitColumns, kMaxSplitTiles)));
-  split_class_kernel<acc_t>
-      <<<split_grid, dim3(kSplitColumns, kSplitGroups), 0, stream>>>(sp, B, D, finish, slots, stop);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -275,7 +299,7 @@ void launch_alpha_update_sorted(const at::Tensor& x, const at::Tensor& labels,
                                                           finite.const_data_ptr<uint8_t>(), D},
                                 AlphaFinish<center_t, acc_t>{c.data_ptr<center_t>(), D,
                                                              static_cast<acc_t>(alpha)},
-                                ws.bad);
+                                ws.bad, ws.counts, c.size(0));
             });
       });
 }
@@ -297,7 +321,7 @@ void launch_grad_centers_sorted(const at::Tensor& grad_loss, const at::Tensor& d
                                 GradRows<diff_t, acc_t, g_t>{diff.const_data_ptr<diff_t>(), g, B, D,
                                                              grad_c.size(0), ws.bad},
                                 GradFinish<center_t, acc_t>{grad_c.data_ptr<center_t>(), D},
-                                nullptr);
+                                nullptr, ws.counts, grad_c.size(0));
             });
       });
 }

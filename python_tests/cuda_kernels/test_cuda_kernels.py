@@ -208,6 +208,39 @@ def test_one_class_over_many_chunks(B):
     assert torch.equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("D", [3, 300])  # 300: three column tiles, each block arriving once
+def test_split_classes_everywhere(D):
+    """Runs of 1-200 rows, so that most chunk boundaries cut a class (split over 2-4
+    chunks), next to classes inside one chunk: the sorted update and center gradient
+    match the CPU, and each is bit-identical on a second run (the last block to arrive
+    at a class's counter sums its slots in chunk order, whichever block that is)."""
+    g = torch.Generator().manual_seed(D)
+    sizes = torch.randint(1, 201, (40,), generator=g)
+    y = torch.repeat_interleave(torch.arange(40), sizes)[
+        torch.randperm(int(sizes.sum()), generator=g)
+    ]
+    B = len(y)
+    x = torch.randn(B, D, generator=g)
+    x[5, 0] = float("nan")  # a row left out of its class's count
+    c = torch.randn(45, D, generator=g)
+    expected = c.clone()
+    cl.update_centers_(expected, x, y, 0.5)
+    diff = x - c[y]
+    grad = torch.rand(B, generator=g)
+    expected_grad = ops.backward_centers(grad, diff, y, 0, 45, torch.float32, True)
+    runs = []
+    for _ in range(2):
+        cd = c.to(DEV)
+        cl.update_centers_(cd, *_to(x, y), 0.5, deterministic=True)
+        gd = ops.backward_centers(*_to(grad, diff, y), 0, 45, torch.float32, True)
+        runs.append((cd.cpu(), gd.cpu()))
+    torch.testing.assert_close(runs[0][0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(runs[0][1], expected_grad, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.equal(runs[0][1].nan_to_num(), runs[1][1].nan_to_num())
+    assert torch.equal(runs[0][0][40:], c[40:])
+
+
 # --- defect 6: deterministic mode allocates no filled workspace -----------------------------
 
 
@@ -281,6 +314,46 @@ def test_backward_centers_label_check_off_leaves_bad_rows_out():
     finally:
         cl.set_cuda_label_check(previous)
     assert got.cpu().tolist() == [[-9.0, -9.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_backward_centers_long_runs_of_bad_labels(deterministic):
+    """Runs of out-of-range labels longer than a chunk (64 rows) below and above the good
+    ones: on the sorted path they form split runs that must never reach a class counter
+    or a gradient row; with the check off the good rows' gradient is the CPU's."""
+    g = torch.Generator().manual_seed(12)
+    y = torch.cat([torch.full((150,), -1), torch.randint(0, 3, (200,), generator=g)])
+    y = torch.cat([y, torch.full((140,), 3)])[torch.randperm(490, generator=g)]
+    diff = torch.randn(490, 5, generator=g)
+    previous = cl.set_cuda_label_check(False)
+    try:
+        got = ops.backward_centers(
+            torch.tensor(1.0, device=DEV),
+            diff.to(DEV),
+            y.to(DEV),
+            1,
+            3,
+            torch.float32,
+            deterministic,
+        )
+    finally:
+        cl.set_cuda_label_check(previous)
+    good = (y >= 0) & (y < 3)
+    expected = ops.backward_centers(
+        torch.tensor(1.0), diff[good], y[good], 1, 3, torch.float32, deterministic
+    )
+    # the mean's scale is 1 / 490 (every row) on the device, 1 / 200 on the CPU's subset
+    torch.testing.assert_close(got.cpu() * 490, expected * 200, rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError, match=r"\[0, 3\)"):
+        ops.backward_centers(
+            torch.tensor(1.0, device=DEV),
+            diff.to(DEV),
+            y.to(DEV),
+            1,
+            3,
+            torch.float32,
+            deterministic,
+        )
 
 
 # --- issue 25: the atomic update sums a class in the accumulation type, rounds the center once
