@@ -131,12 +131,27 @@ def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float(), dim=1)
 
 
+def _all_same_pairs(
+    order: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every same-identity pair once, from the label-sorted ``order`` (the classes' runs
+    start at ``starts``, ``counts`` long): one triangle per distinct class size."""
+    out_i, out_j = [], []
+    for c in torch.unique(counts[counts >= 2]).tolist():
+        a, b = torch.triu_indices(c, c, offset=1)
+        s = starts[counts == c][:, None]
+        out_i.append(order[(s + a).reshape(-1)])
+        out_j.append(order[(s + b).reshape(-1)])
+    return torch.cat(out_i), torch.cat(out_j)
+
+
 def verification_pairs(
     labels: torch.Tensor, max_pairs: int = 2_000_000, seed: int = 0
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Index pairs (i, j), i < j, for same/different-identity verification: every pair
-    when there are at most ``max_pairs``, else a seeded sample of half same-identity
-    pairs (where there are that many) and half different-identity pairs."""
+    when there are at most ``max_pairs``; else every same-identity pair when they are at
+    most half of ``max_pairs`` (each once), or a seeded sample of half that many, and a
+    seeded sample of different-identity pairs for the rest."""
     n = len(labels)
     if n < 2:
         raise ValueError("verification needs at least two images")
@@ -151,7 +166,9 @@ def verification_pairs(
     starts = torch.cumsum(counts, 0) - counts
     multi = counts >= 2
     pos_i = pos_j = torch.empty(0, dtype=torch.int64)
-    if multi.any():
+    if 0 < int((counts * (counts - 1) // 2).sum()) <= max_pairs // 2:
+        pos_i, pos_j = _all_same_pairs(order, starts, counts)
+    elif multi.any():
         n_pos = max_pairs // 2
         weights = (counts * (counts - 1)).double() * multi
         cls = torch.multinomial(weights, n_pos, replacement=True, generator=g)

@@ -63,6 +63,20 @@ def test_verification_pairs_all_and_sampled():
     assert torch.equal(i, i2)  # seeded
 
 
+def test_verification_pairs_take_every_same_pair_once_when_few():
+    """More pairs than max_pairs in all, but fewer same-identity pairs than half of it:
+    each same-identity pair once (none drawn twice), the rest different-identity."""
+    labels = torch.cat([torch.arange(300) % 100, torch.tensor([100, 101, 101, 101, 101])])
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))]
+    i, j = ev.verification_pairs(labels, max_pairs=4000, seed=2)
+    same = labels[i] == labels[j]
+    assert len(i) == 4000 and bool((i < j).all())
+    assert int(same.sum()) == 100 * 3 + 6  # C(3,2) per identity of 3, C(4,2) for 101
+    pairs = set(zip(i[same].tolist(), j[same].tolist()))
+    assert len(pairs) == 306
+    assert all(labels[a] == labels[b] for a, b in pairs)
+
+
 def test_verification_metrics():
     same = torch.tensor([True] * 4 + [False] * 2000)
     scores = torch.cat([torch.tensor([0.9, 0.8, 0.7, 0.2]), torch.linspace(-0.5, 0.5, 2000)])
