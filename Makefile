@@ -96,8 +96,10 @@ test: pytest cpp-test test-cuda-emu
 
 # The CUDA kernels without a GPU: csrc/cuda/*.cu compiled by g++ against the SIMT
 # emulator (simt_emulator/) and run by every test marked `cuda` on the "simt" device, under two
-# schedule seeds (SIMT_SEEDS), then line coverage of csrc/cuda; blocks run on one OS thread
-# there (SIMT_WORKERS=1: gcov's counters are not thread-safe without slow atomics).
+# schedule seeds (SIMT_SEEDS, one process each, side by side: libgcov merges their counters
+# into the .gcda files under a file lock), then line coverage of csrc/cuda; blocks run on
+# one OS thread per process (SIMT_WORKERS=1: gcov's counters are not thread-safe without
+# slow atomics).
 # test-cuda-asan: the kernel tests under AddressSanitizer + UndefinedBehaviorSanitizer, with
 # blocks on two OS threads side by side.
 SIMT_SEEDS ?= 1 2
@@ -108,9 +110,14 @@ emu-build: build system-deps
 test-cuda-emu: emu-build
 	find build/emu/cov -name '*.gcda' -delete
 	for seed in $(SIMT_SEEDS); do \
-	  echo "--- SIMT_SEED=$$seed"; \
-	  SIMT_WORKERS=1 SIMT_SEED=$$seed CENTERLOSS_SIMT_LIB=$(EMU_LIB) $(PY) -m pytest -q -m cuda -p no:cacheprovider python_tests || exit 1; \
-	done
+	  ( SIMT_WORKERS=1 SIMT_SEED=$$seed CENTERLOSS_SIMT_LIB=$(EMU_LIB) $(PY) -m pytest -q -m cuda \
+	      -p no:cacheprovider python_tests > build/emu/seed$$seed.log 2>&1; \
+	    echo $$? > build/emu/seed$$seed.rc ) & \
+	done; wait; status=0; \
+	for seed in $(SIMT_SEEDS); do \
+	  echo "--- SIMT_SEED=$$seed"; cat build/emu/seed$$seed.log; \
+	  [ "$$(cat build/emu/seed$$seed.rc)" = 0 ] || status=1; \
+	done; exit $$status
 	$(MAKE) --no-print-directory emu-coverage
 
 emu-coverage:

@@ -276,6 +276,12 @@ void run_sorted(const at::Tensor& labels, int64_t D, Rows rows, Finish finish,
   const int64_t* sp = sorted.const_data_ptr<int64_t>();
   const dim3 grid(static_cast<unsigned>(chunks),
                   static_cast<unsigned>(std::min((D + kColumns - 1) / kColumns, kMaxTiles)));
+  // A split class's counter counts up to all of the grid's blocks below kArrived (only
+  // a batch of some 2^36 rows could reach it).
+  TORCH_CHECK(chunks * static_cast<int64_t>(grid.y) < kArrived,
+              "centerloss: the sorted path's split-class counters hold at most ", kArrived,
+              " blocks; this batch needs ", chunks, " chunks x ", grid.y,
+              " column tiles: split the batch");
   chunk_kernel<acc_t><<<grid, kColumns, 0, stream>>>(sp, order.const_data_ptr<int64_t>(), B, D,
                                                      rows, finish, slots, stop);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

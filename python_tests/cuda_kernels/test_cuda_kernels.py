@@ -30,6 +30,13 @@ def _to(*ts):
     return [t.to(DEV) for t in ts]
 
 
+def _on_device(t, offset):
+    """A copy of t on the device, `offset` elements into its allocation (1: no 4-element
+    vector is aligned, so the kernels take their element-wise loops)."""
+    flat = torch.zeros(t.numel() + offset, dtype=t.dtype, device=DEV)
+    return flat[offset:].view(t.shape).copy_(t)
+
+
 def _launches(fn):
     """Device launches (kernels, memsets, copies) made by fn()."""
     if DEV == "cuda":
@@ -433,20 +440,13 @@ def test_atomic_update_class_sizes_around_the_walk_limit(D, offset):
     expected = c.clone()
     cl.update_centers_(expected, x, y, 0.6)
     xd, yd = _to(x, y)
-    cd = torch.zeros(C * D + offset, device=DEV)[offset:].view(C, D).copy_(c)
+    cd = _on_device(c, offset)
     cl.update_centers_(cd, xd, yd, 0.6, deterministic=False)
     out = cd.cpu()
     torch.testing.assert_close(
         out, expected, rtol=0, atol=64 * torch.finfo(torch.float32).eps * 100
     )
     assert torch.equal(out[40:], c[40:])
-
-
-def _on_device(t, offset):
-    """A copy of t on the device, `offset` elements into its allocation (1: no 4-element
-    vector is aligned, so the kernels take their element-wise loops)."""
-    flat = torch.zeros(t.numel() + offset, dtype=t.dtype, device=DEV)
-    return flat[offset:].view(t.shape).copy_(t)
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
